@@ -1,0 +1,40 @@
+# fleetproxy: the collection fleetproxy.fleet and the proxy it deploys.
+#
+#   make demo    the proxy on proxy/examples/quickstart.yml in front of two demo backends
+#   make test    every test: unit, integration, lint and sanity, Molecule scenarios
+#   make bench   benchmarks against HAProxy (and keepalived), results in proxy/bench/
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv demo test test-proxy lint bench clean
+
+all: test
+
+$(STAMP): proxy/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e 'proxy[test,bench]' ruff
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fleetproxy demo -c proxy/examples/quickstart.yml
+
+test: test-proxy lint
+
+test-proxy: $(STAMP)
+	cd proxy && ../$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy/src proxy/tests proxy/bench
+
+bench: $(STAMP)
+	$(BIN)/python proxy/bench/run.py
+
+clean:
+	rm -rf $(VENV) proxy/src/*.egg-info

@@ -1,0 +1,597 @@
+"""The configuration file: one YAML document, one schema.
+
+The shape mirrors HAProxy: ``global``, ``defaults``, ``frontends``, ``backends``.
+Values in ``defaults`` are inherited by every frontend and backend that does not
+set its own (timeouts key by key, as HAProxy does).  :func:`load` returns a
+:class:`Config` whose sections are already resolved against the defaults, or
+raises :class:`ConfigError` carrying every problem with its key path, e.g.
+``backends[0].servers[1].address: port 99999 out of range``.
+
+This module does no I/O beyond reading the file and knows nothing of sockets;
+``fleetproxy check`` is this module and nothing else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# --------------------------------------------------------------------------
+# Scalar types
+# --------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """A duration in seconds from ``5s``, ``250ms``, ``1m``, ``2h``, ``1d``, ``100us``.
+
+    A bare number (int or numeric string) is milliseconds, HAProxy's rule.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, 250ms or 1m, got a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"duration {value} is negative")
+        return value / 1000.0
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            number, unit = m.groups()
+            return float(number) * _DURATION_UNITS[unit or "ms"]
+        raise ValueError(f"invalid duration {value!r} (use e.g. 5s, 250ms, 1m; a bare number is ms)")
+    raise ValueError(f"expected a duration such as 5s, 250ms or 1m, got {type(value).__name__}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: use letters, digits, '_', '-', '.', ':'"
+        )
+    return value
+
+
+Name = Annotated[str, BeforeValidator(lambda v: v if not isinstance(v, str) else _check_name(v))]
+
+
+def split_host_port(value: str, *, what: str, allow_wildcard: bool) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``*:port`` (or ``:port``) -> (host, port).
+
+    The wildcard becomes ``0.0.0.0``; ``[::]`` is the IPv6 any address, which on
+    Linux also accepts IPv4 unless ``net.ipv6.bindv6only`` is set.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string 'host:port'")
+    text = value.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ValueError(f"invalid {what} {value!r}: expected '[ipv6]:port'")
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid {what} {value!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"invalid {what} {value!r}: missing ':port'")
+        if ":" in host:
+            raise ValueError(f"invalid {what} {value!r}: write IPv6 addresses as '[addr]:port'")
+    if host in ("*", ""):
+        if not allow_wildcard:
+            raise ValueError(f"invalid {what} {value!r}: a server needs a host")
+        host = "0.0.0.0"
+    if not port_text.isdigit():
+        raise ValueError(f"invalid {what} {value!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} out of range (1-65535)")
+    return host, port
+
+
+def _listen_address(value: Any) -> str:
+    split_host_port(value, what="bind address", allow_wildcard=True)
+    return value.strip()
+
+
+def _server_address(value: Any) -> str:
+    host, _ = split_host_port(value, what="server address", allow_wildcard=False)
+    if host == "0.0.0.0":  # pragma: no cover - guarded above
+        raise ValueError("a server needs a host")
+    return value.strip()
+
+
+ListenAddress = Annotated[str, BeforeValidator(_listen_address)]
+ServerAddress = Annotated[str, BeforeValidator(_server_address)]
+
+_BALANCE_RE = re.compile(
+    r"^(roundrobin|static-rr|leastconn|source|uri|random|first|hdr\(([!#$%&'*+.^_`|~0-9A-Za-z-]+)\))$"
+)
+
+
+def _balance(value: Any) -> str:
+    if not isinstance(value, str) or not _BALANCE_RE.match(value.strip()):
+        raise ValueError(
+            f"unknown balance algorithm {value!r}: use roundrobin, static-rr, leastconn, "
+            "source, uri, hdr(NAME), random or first"
+        )
+    return value.strip()
+
+
+Balance = Annotated[str, BeforeValidator(_balance)]
+
+
+def _cidr_list(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("expected a CIDR or a list of CIDRs")
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a CIDR string, got {item!r}")
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"invalid network {item!r}: {exc}") from None
+    return out
+
+
+def _str_list(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a string or a non-empty list of strings")
+    return items
+
+
+def _regex(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a regular expression string")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+CidrList = Annotated[list[str], BeforeValidator(_cidr_list)]
+StrList = Annotated[list[str], BeforeValidator(_str_list)]
+Regex = Annotated[str, BeforeValidator(_regex)]
+Mode = Literal["http", "tcp"]
+
+# --------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+
+class Timeouts(_Model):
+    """HAProxy's timeouts; each key is inherited separately from ``defaults``."""
+
+    connect: Duration | None = None
+    client: Duration | None = None
+    server: Duration | None = None
+    http_request: Duration | None = None
+    http_keep_alive: Duration | None = None
+    queue: Duration | None = None
+    tunnel: Duration | None = None
+    client_fin: Duration | None = None
+    server_fin: Duration | None = None
+
+
+TIMEOUT_DEFAULTS = {
+    "connect": 5.0,
+    "client": 50.0,
+    "server": 50.0,
+    "http_request": 10.0,
+    "http_keep_alive": 10.0,
+    "queue": 5.0,
+    "tunnel": None,
+    "client_fin": 10.0,
+    "server_fin": 10.0,
+}
+
+
+class ResolvedTimeouts(_Model):
+    connect: float
+    client: float
+    server: float
+    http_request: float
+    http_keep_alive: float
+    queue: float
+    tunnel: float | None
+    client_fin: float
+    server_fin: float
+
+
+class HeaderCondition(_Model):
+    name: str = Field(min_length=1)
+    value: str | None = None
+    regex: Regex | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> HeaderCondition:
+        tests = [t for t in ("value", "regex", "present") if getattr(self, t) is not None]
+        if len(tests) > 1:
+            raise ValueError(f"use only one of value, regex, present (got {', '.join(tests)})")
+        if not tests:
+            self.present = True
+        return self
+
+
+class Condition(_Model):
+    """All keys set in one condition must hold (AND); ``any`` is an OR list."""
+
+    path: StrList | None = None
+    path_prefix: StrList | None = None
+    path_regex: Regex | None = None
+    host: StrList | None = None
+    header: HeaderCondition | None = None
+    method: StrList | None = None
+    src: CidrList | None = None
+    sni: StrList | None = None
+    not_: Condition | None = Field(default=None, alias="not")
+    any: list[Condition] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Condition:
+        if not self.model_fields_set:
+            raise ValueError(
+                "empty condition: use path, path_prefix, path_regex, host, header, "
+                "method, src, sni, not or any"
+            )
+        return self
+
+    @field_validator("method")
+    @classmethod
+    def _upper(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [m.upper() for m in v]
+
+    @field_validator("host", "sni")
+    @classmethod
+    def _lower(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [h.lower() for h in v]
+
+
+class Rule(_Model):
+    if_: Condition = Field(alias="if")
+    use_backend: Name
+
+
+class LogConfig(_Model):
+    """Where access logs go: ``stdout``, ``stderr``, a file path, or ``none``."""
+
+    access: str = "stdout"
+    format: Literal["httplog", "json"] = "httplog"
+
+
+class Tune(_Model):
+    """Limits of the HTTP data path (HAProxy's ``tune.*``)."""
+
+    max_request_line: int = Field(default=8192, ge=64, le=1 << 20)
+    max_header_size: int = Field(default=32768, ge=256, le=1 << 22)
+    max_headers: int = Field(default=100, ge=1, le=10000)
+    pool_idle_timeout: Duration = 10.0
+
+    @property
+    def max_head(self) -> int:
+        return self.max_header_size
+
+
+class GlobalConfig(_Model):
+    maxconn: int = Field(default=4096, ge=1, le=10_000_000)
+    workers: int | Literal["auto"] = 1
+    hard_stop_after: Duration = 30.0
+    log: LogConfig = LogConfig()
+    tune: Tune = Tune()
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 64:
+            raise ValueError("workers must be between 1 and 64, or 'auto'")
+        return v
+
+
+class Defaults(_Model):
+    mode: Mode = "http"
+    timeouts: Timeouts = Timeouts()
+    retries: int = Field(default=3, ge=0, le=100)
+    redispatch: bool = True
+    balance: Balance = "roundrobin"
+    hash_type: Literal["map-based", "consistent"] = "map-based"
+    maxconn: int | None = Field(default=None, ge=1)
+    forwardfor: bool = True
+    log: bool = True
+
+
+class ServerConfig(_Model):
+    name: Name
+    address: ServerAddress
+    weight: int = Field(default=1, ge=0, le=256)
+    backup: bool = False
+    maxconn: int | None = Field(default=None, ge=1)
+    check: bool = False
+    disabled: bool = False
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.address, what="server address", allow_wildcard=False)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.address, what="server address", allow_wildcard=False)[1]
+
+
+class BackendConfig(_Model):
+    name: Name
+    mode: Mode | None = None
+    balance: Balance | None = None
+    hash_type: Literal["map-based", "consistent"] | None = None
+    all_backups: bool = False
+    timeouts: Timeouts = Timeouts()
+    retries: int | None = Field(default=None, ge=0, le=100)
+    redispatch: bool | None = None
+    servers: list[ServerConfig] = Field(default_factory=list)
+
+    # Resolved against defaults by Config (never set by users).
+    resolved_timeouts: ResolvedTimeouts | None = Field(default=None, exclude=True)
+
+
+class FrontendConfig(_Model):
+    name: Name
+    mode: Mode | None = None
+    bind: list[ListenAddress] = Field(min_length=1)
+    default_backend: Name | None = None
+    rules: list[Rule] = Field(default_factory=list)
+    maxconn: int | None = Field(default=None, ge=1)
+    timeouts: Timeouts = Timeouts()
+    forwardfor: bool | None = None
+    log: bool | None = None
+    backlog: int | None = Field(default=None, ge=1)
+
+    resolved_timeouts: ResolvedTimeouts | None = Field(default=None, exclude=True)
+
+
+class Config(_Model):
+    global_: GlobalConfig = Field(default=GlobalConfig(), alias="global")
+    defaults: Defaults = Defaults()
+    frontends: list[FrontendConfig] = Field(default_factory=list)
+    backends: list[BackendConfig] = Field(default_factory=list)
+
+    def backend(self, name: str) -> BackendConfig:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """Every problem found, each as (key path, message)."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str | None = None):
+        self.errors = errors
+        self.source = source
+        super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in errors))
+
+    def lines(self) -> list[str]:
+        return [f"{p}: {m}" if p else m for p, m in self.errors]
+
+
+def format_loc(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            part = {"global_": "global", "if_": "if", "not_": "not"}.get(part, part)
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    errors = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        # Union branches add the branch name to the location; drop it.
+        loc = [p for p in loc if p not in ("int", "str", "list[str]", "literal['auto']")]
+        msg = err["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix) :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        errors.append((format_loc(loc), msg))
+    # Keep order, drop duplicates (union branches report the same problem twice).
+    seen: set[tuple[str, str]] = set()
+    return [e for e in errors if not (e in seen or seen.add(e))]
+
+
+# --------------------------------------------------------------------------
+# Cross-references and inheritance
+# --------------------------------------------------------------------------
+
+
+def _resolve_timeouts(*layers: Timeouts) -> ResolvedTimeouts:
+    values = dict(TIMEOUT_DEFAULTS)
+    for layer in layers:
+        for key, val in layer.model_dump(exclude_none=True).items():
+            values[key] = val
+    return ResolvedTimeouts(**values)
+
+
+def _unique(items: list[Any], path: str, errors: list[tuple[str, str]], what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.name in seen:
+            errors.append(
+                (f"{path}[{i}].name", f"duplicate {what} name {item.name!r} (first at {path}[{seen[item.name]}])")
+            )
+        else:
+            seen[item.name] = i
+
+
+def _rule_conditions(cond: Condition) -> Iterable[Condition]:
+    yield cond
+    if cond.not_ is not None:
+        yield from _rule_conditions(cond.not_)
+    for sub in cond.any or ():
+        yield from _rule_conditions(sub)
+
+
+def _resolve(cfg: Config) -> list[tuple[str, str]]:
+    """Apply ``defaults`` and check every reference; returns the problems found."""
+    errors: list[tuple[str, str]] = []
+    d = cfg.defaults
+    _unique(cfg.frontends, "frontends", errors, "frontend")
+    _unique(cfg.backends, "backends", errors, "backend")
+
+    backends = {}
+    for i, be in enumerate(cfg.backends):
+        backends.setdefault(be.name, be)
+        be.mode = be.mode or d.mode
+        be.balance = be.balance or d.balance
+        be.hash_type = be.hash_type or d.hash_type
+        be.retries = d.retries if be.retries is None else be.retries
+        be.redispatch = d.redispatch if be.redispatch is None else be.redispatch
+        be.resolved_timeouts = _resolve_timeouts(d.timeouts, be.timeouts)
+        _unique(be.servers, f"backends[{i}].servers", errors, "server")
+        if be.mode == "tcp" and (be.balance == "uri" or be.balance.startswith("hdr(")):
+            errors.append((f"backends[{i}].balance", f"balance {be.balance} needs mode http"))
+
+    binds: dict[tuple[str, int], str] = {}
+    for i, fe in enumerate(cfg.frontends):
+        fe.mode = fe.mode or d.mode
+        fe.forwardfor = d.forwardfor if fe.forwardfor is None else fe.forwardfor
+        fe.log = d.log if fe.log is None else fe.log
+        fe.maxconn = fe.maxconn or d.maxconn
+        fe.resolved_timeouts = _resolve_timeouts(d.timeouts, fe.timeouts)
+        for j, addr in enumerate(fe.bind):
+            key = split_host_port(addr, what="bind address", allow_wildcard=True)
+            here = f"frontends[{i}].bind[{j}]"
+            if key in binds:
+                errors.append((here, f"{addr} is already bound by {binds[key]}"))
+            else:
+                binds[key] = here
+        refs = []
+        if fe.default_backend is not None:
+            refs.append((f"frontends[{i}].default_backend", fe.default_backend))
+        for j, rule in enumerate(fe.rules):
+            refs.append((f"frontends[{i}].rules[{j}].use_backend", rule.use_backend))
+            for cond in _rule_conditions(rule.if_):
+                if fe.mode == "tcp":
+                    used = [k for k in ("path", "path_prefix", "path_regex", "host", "header", "method")
+                            if getattr(cond, k) is not None]
+                    if used:
+                        errors.append(
+                            (f"frontends[{i}].rules[{j}].if", f"{used[0]} needs mode http (this frontend is tcp)")
+                        )
+                elif cond.sni is not None:
+                    errors.append((f"frontends[{i}].rules[{j}].if", "sni needs mode tcp"))
+        for path, name in refs:
+            be = backends.get(name)
+            if be is None:
+                hint = _closest(name, backends)
+                errors.append((path, f"no backend named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")))
+            elif be.mode != fe.mode:
+                errors.append((path, f"backend {name!r} is mode {be.mode}, frontend {fe.name!r} is mode {fe.mode}"))
+    return errors
+
+
+def _closest(name: str, choices: Iterable[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.8)
+    return found[0] if found else None
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+
+def parse(data: Any, source: str | None = None) -> Config:
+    """Validate an already-parsed document (a dict) and resolve it."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([("", f"the top level must be a mapping, got {type(data).__name__}")], source)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_errors(exc), source) from None
+    errors = _resolve(cfg)
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def loads(text: str, source: str | None = None) -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([("", f"{where}invalid YAML: {problem}")], source) from None
+    return parse(data, source)
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"{path} is not UTF-8: {exc}")], str(path)) from None
+    return loads(text, str(path))
+
+
+Condition.model_rebuild()
+
+__all__ = [
+    "BackendConfig",
+    "Condition",
+    "Config",
+    "ConfigError",
+    "FrontendConfig",
+    "ServerConfig",
+    "load",
+    "loads",
+    "parse",
+    "parse_duration",
+    "split_host_port",
+]
+

@@ -1,0 +1,1118 @@
+"""HTTP/1.1 frontend connections: one :class:`HttpClient` per client socket.
+
+A request head is located by its terminating CRLFCRLF and fed, and only it,
+to llhttp (httptools), which validates the request line, every header and the
+framing (Content-Length / Transfer-Encoding).  The raw head bytes are then
+forwarded with only the necessary edits: hop-by-hop headers removed,
+``X-Forwarded-For`` appended and ``X-Forwarded-Proto`` set.  Bodies are
+forwarded raw, measured by Content-Length or by :class:`ChunkedEnd` and
+validated by llhttp, so bytes after a message are never forwarded as part of
+it.  Responses take the same road back.
+
+The transaction (request, server choice, retries, response, log line) lives
+here; :class:`~fleetproxy.datapath.upstream.Upstream` hands every server-side
+event to the client that owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from typing import Any
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from .common import (
+    ERROR_PAGES,
+    REQUEST_HEADERS,
+    REQUEST_STRIP,
+    RESPONSE_HEADERS,
+    RESPONSE_STRIP,
+    ChunkedEnd,
+    LazyTimer,
+    connection_tokens,
+    strip_headers,
+)
+from .upstream import Upstream, take_idle
+
+# Request-side states
+IDLE, HEAD, BODY, DONE, TUNNEL, CLOSED = range(6)
+# Response-side states
+R_NONE, R_HEAD, R_LENGTH, R_CHUNKED, R_CLOSE, R_TUNNEL = range(6)
+# Timeout kinds
+T_REQUEST, T_KEEPALIVE, T_CLIENT, T_QUEUE, T_CONNECT, T_SERVER, T_TUNNEL = range(7)
+# Reasons reading from the client is paused
+P_PIPELINE, P_UPSTREAM, P_PENDING = 1, 2, 4
+
+SAFE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
+PENDING_LIMIT = 256 * 1024
+PIPELINE_LIMIT = 64 * 1024
+WRITE_JOIN_LIMIT = 16 * 1024
+RETRY_TURNAROUND = 0.02
+
+_CONNECTION_KEEP = frozenset((b"close", b"keep-alive", b"upgrade"))
+_TUNNEL_STRIP = REQUEST_STRIP - {b"upgrade"}
+
+
+class HttpClient(LazyTimer, asyncio.Protocol):
+    def __init__(self, worker: Any, frontend: Any) -> None:
+        # Global state
+        self.worker = worker
+        self._loop = worker.loop
+        self.frontend = frontend
+        self.limits = worker.limits
+        # Per-connection state
+        self.transport: Any = None
+        self.parser = HttpRequestParser(self)
+        self.state = IDLE
+        self.buf = b""
+        self.fed = 0
+        self.paused = 0
+        self.write_paused = False
+        self.client_eof = False
+        self.nreq = 0
+        self.peer = "-"
+        self.src_ip = ""
+        self.fwd = b""
+        self.hc = False
+        self.mc = False
+        self._timer: Any = None
+        self._deadline = 0.0
+        self._timer_at = 0.0
+        self._tkind = 0
+        # Per-request state
+        self._new_request()
+
+    def _new_request(self) -> None:
+        self.backend: Any = None
+        self.server: Any = None
+        self.upstream: Upstream | None = None
+        self.pending: list[bytes] | None = None
+        self.pending_size = 0
+        self.waiter: Any = None
+        self.connecting: Any = None
+        self.head = b""
+        self.method = b""
+        self.target = b""
+        self.v11 = True
+        self.keep_alive = True
+        self.upgrade = False
+        self.host_b = b""
+        self.body_left = 0
+        self.chunks: ChunkedEnd | None = None
+        self.sent = False
+        self.retries = 0
+        self.replayed = False
+        self.txn = False
+        self.rstate = R_NONE
+        self.rbuf = b""
+        self.rfed = 0
+        self.rchunks: ChunkedEnd | None = None
+        self.rleft = 0
+        self.resp_started = False
+        self.keep_client = True
+        self.status = -1
+        self.bytes_out = 0
+        self.term = "--"
+        self.t_start = 0.0
+        self.t_head = -1
+        self.t_queue = -1
+        self.t_connect = -1
+        self.t_resp = -1
+        self.t_mark = 0.0
+        self.wall = 0.0
+
+    # -- llhttp callbacks -------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        self.hc = True
+
+    def on_message_complete(self) -> None:
+        self.mc = True
+
+    # -- the request view used by routing ---------------------------------------
+    @property
+    def path(self) -> str:
+        target = self.target
+        if not target.startswith(b"/"):
+            # absolute-form: scheme://authority/path
+            i = target.find(b"://")
+            j = target.find(b"/", i + 3) if i >= 0 else -1
+            target = target[j:] if j >= 0 else b"/"
+        q = target.find(b"?")
+        return (target if q < 0 else target[:q]).decode("latin-1")
+
+    @property
+    def host(self) -> str:
+        host = self.host_b.lower()
+        if host.startswith(b"["):
+            end = host.find(b"]")
+            return host[: end + 1].decode("latin-1")
+        colon = host.rfind(b":")
+        return (host if colon < 0 else host[:colon]).decode("latin-1")
+
+    @property
+    def src(self) -> Any:
+        return ipaddress.ip_address(self.src_ip)
+
+    sni = None
+
+    def header(self, name: str) -> str | None:
+        value = self.header_bytes(name.encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
+    def header_bytes(self, name: bytes) -> bytes | None:
+        head = self.head
+        lower = head.lower()
+        needle = b"\r\n" + name.lower() + b":"
+        i = lower.find(needle)
+        if i < 0:
+            return None
+        start = i + len(needle)
+        end = head.find(b"\r\n", start)
+        return head[start:end].strip(b" \t")
+
+    # -- connection ----------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else "0.0.0.0"
+        if ip.startswith("::ffff:") and "." in ip:
+            ip = ip[7:]
+        self.src_ip = ip
+        self.peer = f"{ip}:{peer[1]}" if peer else "-"
+        fe = self.frontend
+        self.fwd = (b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b"") + (
+            b"X-Forwarded-Proto: http\r\n"
+        )
+        self.worker.conn_opened(self)
+        self.t_start = self._loop.time()
+        self._arm(fe.timeouts.http_request, T_REQUEST)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != CLOSED:
+            # The client went away by itself.
+            if self.txn and self.term == "--":
+                self.term = "CD" if self.resp_started else ("CR" if self.state == HEAD else "CH")
+            self._close(abort=True)
+        if self.txn:
+            self._end_transaction(log=bool(self.head or self.buf))
+        self.worker.conn_closed(self)
+        self.transport = None
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.state in (IDLE, HEAD):
+            return False
+        if self.state == TUNNEL and self.upstream is not None:
+            if self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+        # Keep the connection to send the response; close after it.
+        self.keep_client = False
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+        self._arm(self.frontend.timeouts.client, T_CLIENT)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+            self._arm(self._server_timeout(), T_SERVER)
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.state != CLOSED:
+                self.transport.resume_reading()
+
+    def upstream_paused(self) -> None:
+        self._pause(P_UPSTREAM)
+
+    def upstream_resumed(self) -> None:
+        self._resume(P_UPSTREAM)
+
+    def _server_timeout(self) -> float:
+        be = self.backend
+        return be.timeouts.server if be is not None else self.frontend.timeouts.client
+
+    # -- client data -----------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.frontend.bytes_in += len(data)
+        state = self.state
+        if state <= HEAD:
+            self._head_data(data)
+        elif state == BODY:
+            self._body_data(data)
+        elif state == TUNNEL:
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
+            self._arm(self._tunnel_timeout(), T_TUNNEL)
+        elif state == DONE:
+            # The next request, pipelined: parsed once this one is answered.
+            self.buf += data
+            if len(self.buf) > PIPELINE_LIMIT:
+                self._pause(P_PIPELINE)
+
+    def _head_data(self, data: bytes) -> None:
+        limits = self.limits
+        if self.state == IDLE:
+            self.state = HEAD
+            self.txn = True
+            if self.nreq:
+                self.t_start = self._loop.time()
+                self._arm(self.frontend.timeouts.http_request, T_REQUEST)
+        buf = self.buf + data if self.buf else data
+        end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))
+        if end < 0:
+            if len(buf) > limits.max_head:
+                self._reject(414 if buf.find(b"\r\n") < 0 else 431, "PR")
+                return
+            if buf.find(b"\r\n") < 0 and len(buf) > limits.max_request_line:
+                self._reject(414, "PR")
+                return
+            try:
+                self.parser.feed_data(buf[self.fed :] if self.fed else buf)
+            except HttpParserUpgrade:
+                pass
+            except HttpParserError:
+                self._reject(400, "PR")
+                return
+            self.fed = len(buf)
+            self.buf = buf
+            return
+        end += 4
+        if end > limits.max_head:
+            self._reject(414 if buf.find(b"\r\n") >= limits.max_request_line else 431, "PR")
+            return
+        self.hc = self.mc = False
+        try:
+            self.parser.feed_data(buf[self.fed : end] if self.fed or end != len(buf) else buf)
+        except HttpParserUpgrade:
+            self.upgrade = True
+        except HttpParserError:
+            self.fed = 0
+            self._reject(400, "PR")
+            return
+        self.fed = 0
+        self.buf = b""
+        if not self.hc:
+            self._reject(400, "PR")
+            return
+        self._request(buf[:end] if end != len(buf) else buf, buf[end:])
+
+    def _request(self, head: bytes, rest: bytes) -> None:
+        limits = self.limits
+        loop = self._loop
+        self.nreq += 1
+        self.wall = time.time()
+        now = loop.time()
+        self.t_head = int((now - self.t_start) * 1000)
+        self.t_mark = now
+        self.head = head
+        le = head.find(b"\r\n")
+        if le > limits.max_request_line:
+            self._reject(414, "PR")
+            return
+        sp1 = head.find(b" ", 0, le)
+        sp2 = head.rfind(b" ", 0, le)
+        if sp2 <= sp1:
+            self._reject(400, "PR")
+            return
+        version = head[sp2 + 1 : le]
+        if version == b"HTTP/1.1":
+            self.v11 = True
+        elif version == b"HTTP/1.0":
+            self.v11 = False
+        else:
+            self._reject(505, "PR")
+            return
+        method = head[:sp1]
+        self.method = method
+        self.target = head[sp1 + 1 : sp2]
+        if method == b"CONNECT":
+            self._reject(405, "PR")
+            return
+        if head.count(b"\r\n") - 2 > limits.max_headers:
+            self._reject(431, "PR")
+            return
+
+        host = None
+        strip = False
+        extra: set[bytes] | None = None
+        chunked = False
+        length = 0
+        for name, value in REQUEST_HEADERS.findall(head):
+            name = name.lower()
+            if name == b"host":
+                if host is not None:
+                    self._reject(400, "PR")
+                    return
+                host = value.rstrip(b" \t")
+            elif name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            else:
+                strip = True
+                if name == b"connection":
+                    for token in connection_tokens(value):
+                        if token not in _CONNECTION_KEEP:
+                            if extra is None:
+                                extra = set()
+                            extra.add(token)
+        if host is None:
+            if self.v11:
+                self._reject(400, "PR")
+                return
+            host = b""
+        self.host_b = host
+        self.keep_alive = self.parser.should_keep_alive()
+
+        # The head as the server will see it.
+        upgrade = self.upgrade
+        if strip:
+            names = _TUNNEL_STRIP if upgrade else REQUEST_STRIP
+            if extra:
+                names = frozenset(names | extra)
+            up_head = strip_headers(head, names)
+        else:
+            up_head = head
+        if upgrade:
+            up_head = up_head[:-2] + self.fwd + b"Connection: upgrade\r\n\r\n"
+        else:
+            up_head = up_head[:-2] + self.fwd + b"\r\n"
+
+        # The body bytes that arrived with the head.
+        part = b""
+        if self.mc:
+            self.state = DONE
+            self.buf = rest
+        elif chunked:
+            self.chunks = ChunkedEnd()
+            try:
+                e = self.chunks.feed(rest)
+            except ValueError:
+                self._reject(400, "PR")
+                return
+            part = rest if e < 0 else rest[:e]
+            self.buf = b"" if e < 0 else rest[e:]
+            if not self._feed_body(part):
+                return
+        else:
+            part = rest[:length]
+            self.body_left = length - len(part)
+            self.buf = rest[length:]
+            if not self._feed_body(part):
+                return
+        if self.state == HEAD:
+            self.state = BODY
+            self._arm(self.frontend.timeouts.client, T_CLIENT)
+        if self.buf and self.state == DONE and len(self.buf) > PIPELINE_LIMIT:
+            self._pause(P_PIPELINE)
+        self.pending = [up_head, part] if part else [up_head]
+        self.pending_size = len(part)
+
+        fe = self.frontend
+        fe.requests += 1
+        backend = fe.route(self)
+        if backend is None:
+            self._reply_error(503, "PR" if not fe.has_rules else "P-")
+            return
+        self.backend = backend
+        self._dispatch()
+
+    def _feed_body(self, part: bytes) -> bool:
+        """Give body bytes to llhttp for validation; False (and a 400) if invalid."""
+        if part:
+            try:
+                self.parser.feed_data(part)
+            except HttpParserError:
+                self._reject(400, "PR")
+                return False
+        if self.mc:
+            self.state = DONE
+            if self.chunks is None and self.body_left:
+                self._reject(400, "PR")
+                return False
+        elif self.chunks is not None and self.chunks.state == ChunkedEnd.SIZE and not self.chunks.line \
+                and self.buf:
+            # ChunkedEnd saw the end but llhttp did not: they disagree.
+            self._reject(400, "PR")
+            return False
+        return True
+
+    def _body_data(self, data: bytes) -> None:
+        self._arm(self.frontend.timeouts.client, T_CLIENT)
+        if self.chunks is not None:
+            try:
+                e = self.chunks.feed(data)
+            except ValueError:
+                self._body_error()
+                return
+            if e < 0:
+                part = data
+            else:
+                part, self.buf = data[:e], data[e:]
+        else:
+            left = self.body_left
+            if len(data) <= left:
+                part = data
+            else:
+                part, self.buf = data[:left], data[left:]
+            self.body_left = left - len(part)
+        try:
+            self.parser.feed_data(part)
+        except HttpParserError:
+            self._body_error()
+            return
+        if self.mc:
+            self.state = DONE
+            if self.upstream is not None:
+                self._arm(self._server_timeout(), T_SERVER)
+        elif self.chunks is not None and self.buf:
+            self._body_error()
+            return
+        up = self.upstream
+        if up is not None:
+            up.transport.write(part)
+        elif self.pending is not None:
+            self.pending.append(part)
+            self.pending_size += len(part)
+            if self.pending_size > PENDING_LIMIT:
+                self._pause(P_PENDING)
+        if self.buf and self.state == DONE and len(self.buf) > PIPELINE_LIMIT:
+            self._pause(P_PIPELINE)
+
+    def _body_error(self) -> None:
+        """Invalid body framing after the head was accepted."""
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        if self.resp_started:
+            self.term = "PD"
+            self._close(abort=True)
+        else:
+            self._reject(400, "PR")
+
+    # -- choosing a server ---------------------------------------------------------------
+    def _hash_key(self, backend: Any) -> bytes | None:
+        kind = backend.key_kind
+        if kind is None:
+            return None
+        if kind == "source":
+            return self.src_ip.encode()
+        if kind == "uri":
+            return self.path.encode("latin-1")
+        return self.header_bytes(kind[4:].encode())
+
+    def _dispatch(self) -> None:
+        be = self.backend
+        if not be.usable:
+            be.no_server += 1
+            self._reply_error(503, "SC")
+            return
+        server = be.pick(self._hash_key(be) if be.key_kind else None)
+        if server is None:
+            # Every usable server is at its maxconn: wait in the backend queue.
+            self.waiter = be.enqueue(self._dequeued)
+            self._arm(be.timeouts.queue, T_QUEUE)
+            return
+        self._use(server)
+
+    def _dequeued(self, server: Any) -> None:
+        self.waiter = None
+        if self.state == CLOSED:
+            return
+        self.t_queue = int((self._loop.time() - self.t_mark) * 1000)
+        self._use(server)
+
+    def _use(self, server: Any) -> None:
+        if self.t_queue < 0:
+            self.t_queue = 0
+        self.backend.acquire(server)
+        self.server = server
+        self.t_mark = self._loop.time()
+        conn = take_idle(server, self.t_mark, self.worker.pool_idle_timeout)
+        if conn is not None:
+            self.t_connect = 0
+            self._send(conn)
+        else:
+            self._connect()
+
+    def _connect(self) -> None:
+        self._arm(self.backend.timeouts.connect, T_CONNECT)
+        self.connecting = self._loop.create_task(self._open(self.server))
+
+    async def _open(self, server: Any) -> None:
+        loop = self._loop
+        try:
+            _, conn = await loop.create_connection(
+                lambda: Upstream(loop, server), server.host, server.port
+            )
+        except OSError as exc:
+            self.connecting = None
+            self._connect_failed(exc)
+            return
+        self.connecting = None
+        if self.state == CLOSED or self.server is not server:
+            conn.release()
+            return
+        self.t_connect = int((loop.time() - self.t_mark) * 1000)
+        self._send(conn)
+
+    def _connect_failed(self, exc: Exception | None) -> None:
+        server = self.server
+        be = self.backend
+        server.conn_errors += 1
+        if self.state == CLOSED:
+            return
+        if self.retries >= be.retries:
+            self._reply_error(503, "SC")
+            return
+        self.retries += 1
+        server.retries += 1
+        if be.redispatch and self.retries == be.retries and len(be.usable) > 1:
+            other = be.pick_other(server, self._hash_key(be) if be.key_kind else None)
+            if other is not None:
+                be.release(server)
+                be.acquire(other)
+                other.redispatches += 1
+                self.server = other
+        self._disarm()
+        self._loop.call_later(RETRY_TURNAROUND, self._retry, self.server)
+
+    def _retry(self, server: Any) -> None:
+        if self.state != CLOSED and self.server is server and self.upstream is None:
+            self.t_mark = self._loop.time()
+            self._connect()
+
+    def _send(self, conn: Upstream) -> None:
+        self.upstream = conn
+        conn.attach(self)
+        pending = self.pending
+        self.pending = None
+        if self.paused & P_PENDING:
+            self._resume(P_PENDING)
+        if self.write_paused:
+            conn.transport.pause_reading()
+        self.rstate = R_HEAD
+        self.sent = True
+        conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[index]
+        if self.state != BODY:
+            self._arm(self.backend.timeouts.server, T_SERVER)
+
+    # -- server data ------------------------------------------------------------------
+    def upstream_data(self, data: bytes) -> None:
+        rstate = self.rstate
+        if rstate == R_HEAD:
+            self._response_head(data)
+        elif rstate == R_LENGTH:
+            self._arm(self.backend.timeouts.server, T_SERVER)
+            left = self.rleft
+            n = len(data)
+            if n > left:
+                # Bytes after the response: the server is broken; do not forward them.
+                data = data[:left]
+                self.upstream.transport.pause_reading()  # type: ignore[union-attr]
+                self.upstream.mc = False  # type: ignore[union-attr]
+                self.rleft = 0
+                self.transport.write(data)
+                self.bytes_out += left
+                self._response_done(reusable=False)
+                return
+            self.rleft = left - n
+            self.upstream.parser.feed_data(data)  # type: ignore[union-attr]
+            self.transport.write(data)
+            self.bytes_out += n
+            if not self.rleft:
+                self._response_done(reusable=True)
+        elif rstate == R_CHUNKED:
+            self._arm(self.backend.timeouts.server, T_SERVER)
+            self._response_chunks(data)
+        elif rstate == R_CLOSE:
+            self._arm(self.backend.timeouts.server, T_SERVER)
+            self.transport.write(data)
+            self.bytes_out += len(data)
+        elif rstate == R_TUNNEL:
+            self._arm(self._tunnel_timeout(), T_TUNNEL)
+            self.transport.write(data)
+            self.bytes_out += len(data)
+        else:
+            # Data while no response is expected (after a complete one): broken server.
+            up = self.upstream
+            if up is not None:
+                self.upstream = None
+                up.abort()
+
+    def _response_head(self, data: bytes) -> None:
+        up = self.upstream
+        assert up is not None
+        buf = self.rbuf + data if self.rbuf else data
+        end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))
+        if end < 0:
+            if len(buf) > self.limits.max_head:
+                self._bad_response()
+                return
+            try:
+                up.parser.feed_data(buf[self.rfed :] if self.rfed else buf)
+            except HttpParserUpgrade:
+                pass
+            except HttpParserError:
+                self._bad_response()
+                return
+            self.rfed = len(buf)
+            self.rbuf = buf
+            self._arm(self.backend.timeouts.server, T_SERVER)
+            return
+        end += 4
+        upgraded = False
+        try:
+            up.parser.feed_data(buf[self.rfed : end] if self.rfed or end != len(buf) else buf)
+        except HttpParserUpgrade:
+            upgraded = True
+        except HttpParserError:
+            self._bad_response()
+            return
+        self.rfed = 0
+        self.rbuf = b""
+        if not up.hc:
+            self._bad_response()
+            return
+        up.hc = False
+        status = up.parser.get_status_code()
+        head = buf[:end] if end != len(buf) else buf
+        rest = buf[end:]
+        if self.t_resp < 0:
+            self.t_resp = int((self._loop.time() - self.t_mark) * 1000)
+
+        if status < 200:
+            if status == 101:
+                if not (self.upgrade and upgraded):
+                    self._bad_response()
+                    return
+                self._start_tunnel(head, rest)
+                return
+            # Interim response (100 Continue, 103 Early Hints): forward, then wait.
+            up.mc = False
+            if self.v11:
+                self.transport.write(strip_headers(head, RESPONSE_STRIP))
+            if rest:
+                self._response_head(rest)
+            else:
+                self._arm(self.backend.timeouts.server, T_SERVER)
+            return
+        if upgraded:
+            # A 2xx to CONNECT-like upgrade without 101: not something we relay.
+            self._bad_response()
+            return
+
+        strip = False
+        extra: set[bytes] | None = None
+        length = -1
+        chunked = False
+        until_close = False
+        for name, value in RESPONSE_HEADERS.findall(head):
+            name = name.lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                if value.rstrip(b" \t").lower().endswith(b"chunked"):
+                    chunked = True
+                else:
+                    until_close = True
+            else:
+                strip = True
+                if name == b"connection":
+                    for token in connection_tokens(value):
+                        if token not in _CONNECTION_KEEP:
+                            if extra is None:
+                                extra = set()
+                            extra.add(token)
+
+        if self.method == b"HEAD" or status in (204, 304):
+            rstate = R_NONE
+            if self.method == b"HEAD":
+                up.new_parser()
+                up.mc = True
+        elif chunked:
+            rstate = R_CHUNKED
+        elif length >= 0 and not until_close:
+            rstate = R_LENGTH
+        else:
+            rstate = R_CLOSE
+        self.status = status
+
+        keep = (
+            self.keep_alive
+            and self.keep_client
+            and rstate != R_CLOSE
+            and self.state == DONE
+            and not self.worker.stopping
+        )
+        self.keep_client = keep
+        if strip:
+            names = RESPONSE_STRIP if not extra else frozenset(RESPONSE_STRIP | extra)
+            head = strip_headers(head, names)
+        if not keep:
+            if self.v11 or self.keep_alive:
+                head = head[:-2] + b"Connection: close\r\n\r\n"
+        elif not self.v11:
+            head = head[:-2] + b"Connection: keep-alive\r\n\r\n"
+
+        self.resp_started = True
+        self.rstate = rstate
+        self.bytes_out += len(head)
+        if rstate == R_NONE:
+            if not up.mc:
+                self._bad_response()
+                return
+            self.transport.write(head)
+            self._response_done(reusable=not rest)
+        elif rstate == R_LENGTH:
+            part = rest[:length]
+            self.rleft = length - len(part)
+            try:
+                up.parser.feed_data(part)
+            except HttpParserError:
+                self._bad_response()
+                return
+            self._write_head_and(head, part)
+            if not self.rleft:
+                self._response_done(reusable=len(rest) == len(part) and up.mc)
+            else:
+                self._arm(self.backend.timeouts.server, T_SERVER)
+        elif rstate == R_CHUNKED:
+            self.rchunks = ChunkedEnd()
+            self.transport.write(head)
+            if rest:
+                self._response_chunks(rest)
+            else:
+                self._arm(self.backend.timeouts.server, T_SERVER)
+        else:
+            self.keep_client = False
+            self._write_head_and(head, rest)
+            self._arm(self.backend.timeouts.server, T_SERVER)
+
+    def _write_head_and(self, head: bytes, part: bytes) -> None:
+        if not part:
+            self.transport.write(head)
+        elif len(part) <= WRITE_JOIN_LIMIT:
+            self.transport.write(head + part)
+            self.bytes_out += len(part)
+        else:
+            self.transport.write(head)
+            self.transport.write(part)
+            self.bytes_out += len(part)
+
+    def _response_chunks(self, data: bytes) -> None:
+        up = self.upstream
+        assert up is not None and self.rchunks is not None
+        try:
+            e = self.rchunks.feed(data)
+        except ValueError:
+            self._bad_response()
+            return
+        part = data if e < 0 else data[:e]
+        try:
+            up.parser.feed_data(part)
+        except HttpParserError:
+            self._bad_response()
+            return
+        if e >= 0 and not up.mc:
+            self._bad_response()
+            return
+        self.transport.write(part)
+        self.bytes_out += len(part)
+        if e >= 0:
+            self._response_done(reusable=e == len(data))
+
+    def _start_tunnel(self, head: bytes, rest: bytes) -> None:
+        self.status = 101
+        self.resp_started = True
+        self.rstate = R_TUNNEL
+        self.state = TUNNEL
+        self.keep_client = False
+        self.transport.write(head + rest if rest else head)
+        self.bytes_out += len(head) + len(rest)
+        if self.buf:
+            self.upstream.transport.write(self.buf)  # type: ignore[union-attr]
+            self.buf = b""
+        self._resume(P_PIPELINE)
+        self._arm(self._tunnel_timeout(), T_TUNNEL)
+
+    def _tunnel_timeout(self) -> float:
+        t = self.frontend.timeouts
+        be = self.backend.timeouts
+        return be.tunnel if be.tunnel is not None else (t.tunnel if t.tunnel is not None else min(t.client, be.server))
+
+    def upstream_eof(self) -> bool:
+        rstate = self.rstate
+        if rstate == R_CLOSE:
+            self._response_done(reusable=False)
+            return False
+        if rstate == R_TUNNEL:
+            if self.transport is not None and self.transport.can_write_eof():
+                self.transport.write_eof()
+            if self.client_eof:
+                self._close()
+            return True
+        self._upstream_gone()
+        return False
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.upstream is None:
+            return
+        if self.rstate == R_CLOSE:
+            self.upstream = None
+            self._response_done(reusable=False)
+            return
+        if self.rstate == R_TUNNEL:
+            self.upstream = None
+            self._close()
+            return
+        self._upstream_gone()
+
+    def _upstream_gone(self) -> None:
+        """The server closed before the response was complete."""
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.abort()
+        if self.state == CLOSED:
+            return
+        if self.resp_started:
+            self.term = "SD"
+            self.server.resp_errors += 1
+            self._close(abort=True)
+            return
+        if (
+            up is not None
+            and up.reused
+            and not self.rbuf
+            and self.state == DONE
+            and self.method in SAFE_METHODS
+            and self.chunks is None
+            and not self.body_left
+            and not self.replayed
+        ):
+            # A pooled connection that the server closed as we reused it: the
+            # request was not processed.  Safe methods are sent again, once,
+            # on a new connection (HAProxy's retry-on empty-response).
+            self.replayed = True
+            self.pending = [self._replay_head()]
+            self.rstate = R_NONE
+            self.t_mark = self._loop.time()
+            self._connect()
+            return
+        self.server.resp_errors += 1
+        self._reply_error(502, "SH")
+
+    def _replay_head(self) -> bytes:
+        head = self.head
+        for name, _ in REQUEST_HEADERS.findall(head):
+            if name.lower() in REQUEST_STRIP:
+                head = strip_headers(head, REQUEST_STRIP)
+                break
+        return head[:-2] + self.fwd + b"\r\n"
+
+    def _bad_response(self) -> None:
+        """Invalid or unframeable response: 502 if nothing was sent yet."""
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.abort()
+        if self.server is not None:
+            self.server.resp_errors += 1
+        if self.resp_started:
+            self.term = "SD"
+            self._close(abort=True)
+        else:
+            self._reply_error(502, "PH")
+
+    def _response_done(self, reusable: bool) -> None:
+        up = self.upstream
+        self.upstream = None
+        self.rstate = R_NONE
+        if up is not None:
+            if reusable and up.mc and self.state == DONE and self.v11 and not self.upgrade \
+                    and up.parser.should_keep_alive():
+                up.release()
+            else:
+                up.close()
+        self._end_transaction()
+        if self.state == CLOSED:
+            return
+        if self.keep_client and self.state == DONE and not self.client_eof:
+            self._next_request()
+        else:
+            self._close()
+
+    def _next_request(self) -> None:
+        if self.upgrade:
+            self.parser = HttpRequestParser(self)
+        self._new_request()
+        self.state = IDLE
+        self.hc = self.mc = False
+        self._resume(P_PIPELINE)
+        if self.worker.stopping:
+            self._close()
+            return
+        self._arm(self.frontend.timeouts.http_keep_alive, T_KEEPALIVE)
+        if self.buf:
+            data = self.buf
+            self.buf = b""
+            self._head_data(data)
+
+    # -- ending -----------------------------------------------------------------------------
+    def _end_transaction(self, log: bool = True) -> None:
+        """Counters, the server slot and the log line for the current request."""
+        self.txn = False
+        server = self.server
+        be = self.backend
+        fe = self.frontend
+        status = self.status
+        cls = status // 100 if 100 <= status < 600 else 0
+        fe.responses[cls] += 1
+        fe.bytes_out += self.bytes_out
+        if be is not None:
+            be.responses[cls] += 1
+            be.bytes_out += self.bytes_out
+        if server is not None:
+            self.server = None
+            server.responses[cls] += 1
+            server.bytes_out += self.bytes_out
+            be.release(server)
+        if self.waiter is not None:
+            self.waiter.cancelled = True
+            self.waiter = None
+        if log and fe.log and self.worker.log.enabled:
+            self._log(server)
+
+    def _log(self, server: Any) -> None:
+        now = self._loop.time()
+        ta = int((now - self.t_start) * 1000)
+        tr = self.t_head
+        tw = self.t_queue
+        tc = self.t_connect
+        tresp = self.t_resp
+        head = self.head
+        line = head[: head.find(b"\r\n")].decode("latin-1") if head else "<BADREQ>"
+        be = self.backend
+        target = (
+            server.log_prefix if server is not None else
+            (f"{be.name}/<NOSRV>" if be is not None else f"{self.frontend.name}/<NOSRV>")
+        )
+        worker = self.worker
+        counts = (
+            f"{worker.conns}/{self.frontend.conns}/"
+            f"{be.active if be is not None else 0}/"
+            f"{server.active if server is not None else 0}/{self.retries}"
+        )
+        queues = f"0/{len(be.queue) if be is not None else 0}"
+        worker.log.http(
+            self.peer, self.wall or time.time(), self.frontend.name, target,
+            tr, tw, tc, tresp, ta, self.status, self.bytes_out, self.term, counts, queues, line,
+        )
+
+    def _reject(self, code: int, term: str) -> None:
+        """A bad request: answer and close; nothing has been or will be forwarded."""
+        self.frontend.bad_requests += 1
+        if not self.head:
+            self.head = self.buf
+            if self.t_head < 0:
+                self.t_head = int((self._loop.time() - self.t_start) * 1000)
+        self.buf = b""
+        self.pending = None
+        self._reply_error(code, term)
+
+    def _reply_error(self, code: int, term: str) -> None:
+        if self.state == CLOSED:
+            return
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self.status = code
+        self.term = term
+        if not self.resp_started:
+            page = ERROR_PAGES[code]
+            self.transport.write(page)
+            self.bytes_out += len(page)
+            self.resp_started = True
+        self.keep_client = False
+        self._end_transaction()
+        self._close()
+
+    def _close(self, abort: bool = False) -> None:
+        """Close the client connection; connection_lost finishes the accounting."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self._cancel_timer()
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        if self.waiter is not None:
+            self.waiter.cancelled = True
+            self.waiter = None
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    # -- timeouts ------------------------------------------------------------------------
+    def _timeout(self, kind: int) -> None:
+        if self.state == CLOSED:
+            return
+        if kind == T_KEEPALIVE:
+            self._close()
+        elif kind == T_REQUEST:
+            if self.state == HEAD:
+                self._reject(408, "cR")
+            else:
+                self._close()
+        elif kind == T_QUEUE:
+            if self.waiter is not None:
+                self.waiter.cancelled = True
+                self.waiter = None
+            self.backend.queue_timeouts += 1
+            self.t_queue = int((self._loop.time() - self.t_mark) * 1000)
+            self._reply_error(503, "sQ")
+        elif kind == T_CONNECT:
+            if self.connecting is not None:
+                self.connecting.cancel()
+                self.connecting = None
+            self._connect_failed(None)
+        elif kind == T_SERVER:
+            if self.resp_started:
+                self.term = "sD"
+                self._close(abort=True)
+            else:
+                self._reply_error(504, "sH")
+        elif kind == T_CLIENT:
+            self.term = "cD"
+            self._close(abort=True)
+        elif kind == T_TUNNEL:
+            self.term = "cD"
+            self._close()
+
+    # -- graceful stop -------------------------------------------------------------------
+    def stop_if_idle(self) -> bool:
+        """Close now if no request is in progress; True if closed."""
+        if self.state == IDLE:
+            self._close()
+            return True
+        self.keep_client = False
+        return False
