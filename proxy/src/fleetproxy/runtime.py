@@ -42,6 +42,7 @@ class Server:
         "check",
         "config_weight",
         "conn_errors",
+        "health",
         "host",
         "idle",
         "log_prefix",
@@ -53,7 +54,6 @@ class Server:
         "responses",
         "retries",
         "state",
-        "health",
         "total",
         "weight",
     )

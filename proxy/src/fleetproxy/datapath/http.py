@@ -51,7 +51,6 @@ PIPELINE_LIMIT = 64 * 1024
 WRITE_JOIN_LIMIT = 16 * 1024
 RETRY_TURNAROUND = 0.02
 
-_CONNECTION_KEEP = frozenset((b"close", b"keep-alive", b"upgrade"))
 _TUNNEL_STRIP = REQUEST_STRIP - {b"upgrade"}
 
 
@@ -112,6 +111,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.rleft = 0
         self.resp_started = False
         self.keep_client = True
+        self.up_keep = False
         self.status = -1
         self.bytes_out = 0
         self.term = "--"
@@ -204,9 +204,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.client_eof = True
         if self.state in (IDLE, HEAD):
             return False
-        if self.state == TUNNEL and self.upstream is not None:
-            if self.upstream.transport.can_write_eof():
-                self.upstream.transport.write_eof()
+        up = self.upstream
+        if self.state == TUNNEL and up is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
         # Keep the connection to send the response; close after it.
         self.keep_client = False
         return True
@@ -351,6 +351,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         extra: set[bytes] | None = None
         chunked = False
         length = 0
+        conn_close = conn_keep = False
         for name, value in REQUEST_HEADERS.findall(head):
             name = name.lower()
             if name == b"host":
@@ -366,7 +367,11 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 strip = True
                 if name == b"connection":
                     for token in connection_tokens(value):
-                        if token not in _CONNECTION_KEEP:
+                        if token == b"close":
+                            conn_close = True
+                        elif token == b"keep-alive":
+                            conn_keep = True
+                        elif token != b"upgrade":
                             if extra is None:
                                 extra = set()
                             extra.add(token)
@@ -376,7 +381,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 return
             host = b""
         self.host_b = host
-        self.keep_alive = self.parser.should_keep_alive()
+        # llhttp resets its keep-alive flags once a message completes, so decide here.
+        self.keep_alive = not conn_close if self.v11 else conn_keep and not conn_close
 
         # The head as the server will see it.
         upgrade = self.upgrade
@@ -721,6 +727,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         length = -1
         chunked = False
         until_close = False
+        conn_close = conn_keep = False
         for name, value in RESPONSE_HEADERS.findall(head):
             name = name.lower()
             if name == b"content-length":
@@ -734,10 +741,15 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 strip = True
                 if name == b"connection":
                     for token in connection_tokens(value):
-                        if token not in _CONNECTION_KEEP:
+                        if token == b"close":
+                            conn_close = True
+                        elif token == b"keep-alive":
+                            conn_keep = True
+                        elif token != b"upgrade":
                             if extra is None:
                                 extra = set()
                             extra.add(token)
+        self.up_keep = not conn_close if head[5:8] == b"1.1" else conn_keep and not conn_close
 
         if self.method == b"HEAD" or status in (204, 304):
             rstate = R_NONE
@@ -944,8 +956,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.upstream = None
         self.rstate = R_NONE
         if up is not None:
-            if reusable and up.mc and self.state == DONE and self.v11 and not self.upgrade \
-                    and up.parser.should_keep_alive():
+            if reusable and up.mc and self.up_keep and self.state == DONE and self.v11 \
+                    and not self.upgrade:
                 up.release()
             else:
                 up.close()
