@@ -198,6 +198,7 @@ class Timeouts(_Model):
     http_keep_alive: Duration | None = None
     queue: Duration | None = None
     tunnel: Duration | None = None
+    check: Duration | None = None
     client_fin: Duration | None = None
     server_fin: Duration | None = None
 
@@ -210,6 +211,7 @@ TIMEOUT_DEFAULTS = {
     "http_keep_alive": 10.0,
     "queue": 5.0,
     "tunnel": None,
+    "check": None,
     "client_fin": 10.0,
     "server_fin": 10.0,
 }
@@ -223,6 +225,7 @@ class ResolvedTimeouts(_Model):
     http_keep_alive: float
     queue: float
     tunnel: float | None
+    check: float | None
     client_fin: float
     server_fin: float
 
@@ -302,12 +305,27 @@ class Tune(_Model):
         return self.max_header_size
 
 
+class AdminConfig(_Model):
+    """The control plane: JSON API on a UNIX socket, HAProxy's runtime API, and
+    an optional TCP listener for the stats page, metrics and the token-protected API."""
+
+    socket: str | None = None
+    runtime_socket: str | None = None
+    socket_mode: str = Field(default="0660", pattern=r"^0?[0-7]{3}$")
+    socket_group: str | None = None
+    listen: ListenAddress | None = None
+    token_file: str | None = None
+    stats_refresh: Duration = 5.0
+
+
 class GlobalConfig(_Model):
     maxconn: int = Field(default=4096, ge=1, le=10_000_000)
     workers: int | Literal["auto"] = 1
     hard_stop_after: Duration = 30.0
     log: LogConfig = LogConfig()
     tune: Tune = Tune()
+    admin: AdminConfig = AdminConfig()
+    state_file: str | None = None
 
     @field_validator("workers")
     @classmethod
@@ -315,6 +333,25 @@ class GlobalConfig(_Model):
         if isinstance(v, int) and not 1 <= v <= 64:
             raise ValueError("workers must be between 1 and 64, or 'auto'")
         return v
+
+
+class ServerDefaults(_Model):
+    """Server settings that ``defaults.default_server`` and a backend's
+    ``default_server`` may give every server (HAProxy's ``default-server``)."""
+
+    weight: int | None = Field(default=None, ge=0, le=256)
+    maxconn: int | None = Field(default=None, ge=1)
+    check: bool | None = None
+    inter: Duration | None = None
+    fastinter: Duration | None = None
+    downinter: Duration | None = None
+    rise: int | None = Field(default=None, ge=1, le=1000)
+    fall: int | None = Field(default=None, ge=1, le=1000)
+    init_state: Literal["up", "down"] | None = None
+    slowstart: Duration | None = None
+    observe: Literal["none", "layer4", "layer7"] | None = None
+    error_limit: int | None = Field(default=None, ge=1, le=100000)
+    on_error: Literal["mark-down", "fastinter"] | None = None
 
 
 class Defaults(_Model):
@@ -327,16 +364,33 @@ class Defaults(_Model):
     maxconn: int | None = Field(default=None, ge=1)
     forwardfor: bool = True
     log: bool = True
+    default_server: ServerDefaults = ServerDefaults()
 
 
-class ServerConfig(_Model):
+SERVER_DEFAULTS = {
+    "weight": 1,
+    "maxconn": None,
+    "check": False,
+    "inter": 2.0,
+    "fastinter": None,  # = inter
+    "downinter": None,  # = inter
+    "rise": 2,
+    "fall": 3,
+    "init_state": None,  # down with check, up without
+    "slowstart": 0.0,
+    "observe": "none",
+    "error_limit": 10,
+    "on_error": "fastinter",
+}
+
+
+class ServerConfig(ServerDefaults):
     name: Name
     address: ServerAddress
-    weight: int = Field(default=1, ge=0, le=256)
     backup: bool = False
-    maxconn: int | None = Field(default=None, ge=1)
-    check: bool = False
     disabled: bool = False
+    cookie: str | None = Field(default=None, min_length=1, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    check_address: ServerAddress | None = None
 
     @property
     def host(self) -> str:
@@ -345,6 +399,58 @@ class ServerConfig(_Model):
     @property
     def port(self) -> int:
         return split_host_port(self.address, what="server address", allow_wildcard=False)[1]
+
+
+def _status_set(value: Any) -> Any:
+    """``expect_status``: a list of codes or a class such as ``2xx``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        m = re.fullmatch(r"([1-5])xx", value.strip())
+        if not m:
+            raise ValueError(f"invalid status class {value!r} (use e.g. 2xx, or a list of codes)")
+        base = int(m.group(1)) * 100
+        return list(range(base, base + 100))
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a status code list such as [200, 204] or a class such as 2xx")
+    out = []
+    for v in value:
+        if isinstance(v, str) and re.fullmatch(r"[1-5]xx", v.strip()):
+            out.extend(_status_set(v))
+        elif isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599:
+            out.append(v)
+        else:
+            raise ValueError(f"invalid status {v!r}")
+    return out
+
+
+class HttpCheck(_Model):
+    method: str = Field(default="GET", pattern=r"^[A-Z]+$")
+    path: str = Field(default="/", pattern=r"^/[^\s]*$")
+    host: str | None = None
+    expect_status: Annotated[list[int], BeforeValidator(_status_set)] = Field(
+        default_factory=lambda: list(range(200, 400))
+    )
+
+
+class CookieConfig(_Model):
+    """Cookie persistence, as HAProxy's ``cookie`` keyword."""
+
+    name: str = Field(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    mode: Literal["insert", "prefix", "rewrite"] = "insert"
+    indirect: bool = False
+    nocache: bool = False
+    httponly: bool = False
+    secure: bool = False
+    maxidle: Duration = 0.0
+    maxlife: Duration = 0.0
+    domain: str | None = None
+
+
+class StickConfig(_Model):
+    on: Literal["source"] = "source"
+    expire: Duration = 1800.0
+    size: int = Field(default=100_000, ge=1, le=100_000_000)
 
 
 class BackendConfig(_Model):
@@ -356,6 +462,10 @@ class BackendConfig(_Model):
     timeouts: Timeouts = Timeouts()
     retries: int | None = Field(default=None, ge=0, le=100)
     redispatch: bool | None = None
+    httpchk: HttpCheck | None = None
+    cookie: CookieConfig | None = None
+    stick: StickConfig | None = None
+    default_server: ServerDefaults = ServerDefaults()
     servers: list[ServerConfig] = Field(default_factory=list)
 
     # Resolved against defaults by Config (never set by users).
@@ -470,6 +580,21 @@ def _rule_conditions(cond: Condition) -> Iterable[Condition]:
         yield from _rule_conditions(sub)
 
 
+def resolve_server(srv: ServerConfig, be: BackendConfig, d: Defaults) -> ServerConfig:
+    """Fill a server's unset settings from the backend's, then the defaults'
+    ``default_server``, then the built-in defaults (in place; returns it)."""
+    for key, fallback in SERVER_DEFAULTS.items():
+        if getattr(srv, key) is None:
+            value = getattr(be.default_server, key)
+            if value is None:
+                value = getattr(d.default_server, key)
+            setattr(srv, key, fallback if value is None else value)
+    srv.fastinter = srv.fastinter or srv.inter
+    srv.downinter = srv.downinter or srv.inter
+    srv.init_state = srv.init_state or ("down" if srv.check else "up")
+    return srv
+
+
 def _resolve(cfg: Config) -> list[tuple[str, str]]:
     """Apply ``defaults`` and check every reference; returns the problems found."""
     errors: list[tuple[str, str]] = []
@@ -487,6 +612,17 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         be.redispatch = d.redispatch if be.redispatch is None else be.redispatch
         be.resolved_timeouts = _resolve_timeouts(d.timeouts, be.timeouts)
         _unique(be.servers, f"backends[{i}].servers", errors, "server")
+        cookies: dict[str, str] = {}
+        for j, srv in enumerate(be.servers):
+            resolve_server(srv, be, d)
+            if be.cookie is not None:
+                value = srv.cookie or srv.name
+                if value in cookies:
+                    errors.append((f"backends[{i}].servers[{j}].cookie",
+                                   f"cookie value {value!r} is already used by server {cookies[value]!r}"))
+                cookies[value] = srv.name
+        if be.cookie is not None and be.mode != "http":
+            errors.append((f"backends[{i}].cookie", "cookie persistence needs mode http"))
         if be.mode == "tcp" and (be.balance == "uri" or be.balance.startswith("hdr(")):
             errors.append((f"backends[{i}].balance", f"balance {be.balance} needs mode http"))
 

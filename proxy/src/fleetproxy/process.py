@@ -112,6 +112,9 @@ class Worker:
         self.listeners: list[Listener] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained = asyncio.Event()
+        # Hooks the worker process sets to report to the master.
+        self.observer: Callable[[str, str, bool, str], None] | None = None
+        self.stick_sync: Callable[[str, bytes, str], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
@@ -140,7 +143,11 @@ class Worker:
         return out
 
     def _sweep(self) -> None:
-        sweep_idle(self.runtime.servers(), self.loop.time(), self.pool_idle_timeout)
+        now = self.loop.time()
+        sweep_idle(self.runtime.servers(), now, self.pool_idle_timeout)
+        for be in self.runtime.backends.values():
+            if be.stick is not None:
+                be.stick.purge(now)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def stop(self, hard_stop_after: float | None = None) -> None:
@@ -174,6 +181,8 @@ class Worker:
         self.conns += 1
         fe = client.frontend
         fe.conns += 1
+        if fe.conns > fe.max_conns:
+            fe.max_conns = fe.conns
         fe.total_conns += 1
         if self.conns >= self.maxconn:
             for listener in self.listeners:
@@ -202,9 +211,39 @@ class Worker:
                         listener.set_accepting(True)
 
 
-# --------------------------------------------------------------------------
-# The foreground process
-# --------------------------------------------------------------------------
+    # -- runtime changes from the master ---------------------------------------------
+    def shutdown_sessions(self, backend: str, server: str) -> int:
+        """Abort every client transaction currently using the server."""
+        s = self.runtime.backends[backend].by_name.get(server)
+        if s is None:
+            return 0
+        sessions = list(s.sessions)
+        for client in sessions:
+            client.kill_session()
+        return len(sessions)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for the master, which sums them over workers."""
+        rt = self.runtime
+        return {
+            "op": "stats",
+            "conns": self.conns,
+            "fe": {
+                f.name: [f.conns, f.max_conns, f.total_conns, f.requests, f.bytes_in, f.bytes_out,
+                         f.bad_requests, *f.responses]
+                for f in rt.frontends.values()
+            },
+            "be": {
+                b.name: [b.active, b.total, b.bytes_in, b.bytes_out, b.no_server, b.queue_timeouts,
+                         b.queue_length(), *b.responses]
+                for b in rt.backends.values()
+            },
+            "srv": {
+                s.log_prefix: [s.active, s.max_active, s.total, s.bytes_in, s.bytes_out, s.conn_errors,
+                               s.resp_errors, s.retries, s.redispatches, *s.responses]
+                for s in rt.servers()
+            },
+        }
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -220,48 +259,130 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def sd_notify(message: str) -> None:
-    """systemd's notify protocol: one datagram, no library needed."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(message.encode())
-    except OSError as exc:
-        log.warning("sd_notify failed: %s", exc)
+# --------------------------------------------------------------------------
+# A worker process: the data path, driven by the master over a socketpair
+# --------------------------------------------------------------------------
+
+STATS_INTERVAL = 0.1
 
 
-async def serve(cfg: Config, ready: Callable[[Worker], None] | None = None) -> None:
-    loop = asyncio.get_running_loop()
-    worker = Worker(cfg, loop)
-    await worker.start()
-    for fe_name, host, port in worker.bound_addresses():
-        log.info("frontend %s listening on %s:%d", fe_name, host, port)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sd_notify("READY=1\nSTATUS=serving")
-    if ready is not None:
-        ready(worker)
-    await stop.wait()
-    sd_notify("STOPPING=1")
-    log.info("stopping: no new connections, waiting for %d in flight", len(worker.clients))
-    await worker.stop()
-    log.info("stopped")
+class WorkerProcess:
+    def __init__(self, loop: asyncio.AbstractEventLoop, channel_sock: socket.socket) -> None:
+        self.loop = loop
+        self.channel_sock = channel_sock
+        self.channel: Any = None
+        self.worker: Worker | None = None
+        self.init: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.stopped = asyncio.Event()
+        self.stopping = False
+        self._last_stats: str = ""
+
+    async def run(self) -> int:
+        from . import config as config_mod
+        from .ipc import Channel
+
+        loop = self.loop
+        _, self.channel = await loop.connect_accepted_socket(
+            lambda: Channel(self.on_message, self.on_lost), self.channel_sock
+        )
+        init = await self.init
+        cfg = config_mod.parse(init["config"], init.get("source"))
+        worker = self.worker = Worker(cfg, loop)
+        worker.observer = self.observe
+        worker.stick_sync = self.stick_created
+        worker.runtime.divide_maxconn(init.get("workers", 1))
+        now = loop.time()
+        for change in init.get("changes", []):
+            worker.runtime.apply(change, now)
+        sockets = {addr: socket.socket(fileno=fd) for addr, fd in init["listeners"].items()}
+        for sock in sockets.values():
+            sock.setblocking(False)
+        await worker.start(sockets)
+        self.channel.send({"op": "ready", "pid": os.getpid()})
+        loop.call_later(STATS_INTERVAL, self.send_stats)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, lambda: self.stop(None))
+        await self.stopped.wait()
+        self.send_stats(final=True)
+        return 0
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "init":
+            self.init.set_result(msg)
+            return
+        worker = self.worker
+        if worker is None:
+            return
+        if op in ("server", "add_server", "del_server"):
+            try:
+                worker.runtime.apply(msg, self.loop.time())
+            except KeyError:
+                pass  # a server this (older) worker's configuration does not have
+        elif op == "shutdown":
+            worker.shutdown_sessions(msg["backend"], msg["server"])
+        elif op == "stick":
+            be = worker.runtime.backends.get(msg["backend"])
+            if be is not None and be.stick is not None:
+                be.stick.put(msg["key"].encode("latin-1"), msg["server"], self.loop.time())
+        elif op == "stop":
+            self.stop(msg.get("hard_stop_after"))
+
+    def on_lost(self, exc: Exception | None) -> None:
+        # The master is gone: serve what is in flight, then exit.
+        self.stop(None)
+
+    def stop(self, hard_stop_after: float | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+
+        async def _stop() -> None:
+            if self.worker is not None:
+                await self.worker.stop(hard_stop_after)
+            self.stopped.set()
+
+        self.loop.create_task(_stop())
+
+    def send_stats(self, final: bool = False) -> None:
+        if self.worker is None or self.channel is None or self.channel.closed:
+            return
+        snap = self.worker.snapshot()
+        key = repr(snap)
+        if key != self._last_stats or final:
+            self._last_stats = key
+            if final:
+                snap["final"] = True
+            self.channel.send(snap)
+        if not final and not self.stopped.is_set():
+            self.loop.call_later(STATS_INTERVAL, self.send_stats)
+
+    def observe(self, backend: str, server: str, ok: bool, reason: str) -> None:
+        if self.channel is not None:
+            self.channel.send({"op": "observe", "backend": backend, "server": server, "ok": ok,
+                               "reason": reason})
+
+    def stick_created(self, backend: str, key: bytes, server: str) -> None:
+        if self.channel is not None:
+            self.channel.send({"op": "stick", "backend": backend, "key": key.decode("latin-1"),
+                               "server": server})
 
 
-def run(cfg: Config, event_loop: str = "auto") -> int:
-    loop = new_event_loop(event_loop)
+def worker_main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker process: ``python -m fleetproxy.process FD LOOP``."""
+    argv = sys.argv[1:] if argv is None else argv
+    fd, kind = int(argv[0]), argv[1] if len(argv) > 1 else "auto"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s fleetproxy[worker {os.getpid()}] %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides when we stop
+    loop = new_event_loop(kind)
     asyncio.set_event_loop(loop)
+    proc = WorkerProcess(loop, socket.socket(fileno=fd))
     try:
-        loop.run_until_complete(serve(cfg))
-    except OSError as exc:
-        print(f"fleetproxy: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return loop.run_until_complete(proc.run())
     finally:
         loop.close()
-    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main())

@@ -87,6 +87,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.backend: Any = None
         self.server: Any = None
         self.upstream: Upstream | None = None
+        self.pinned: Any = None
+        self.cookie_first: float | None = None
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.waiter: Any = None
@@ -435,6 +437,14 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._reply_error(503, "PR" if not fe.has_rules else "P-")
             return
         self.backend = backend
+        rules = backend.cookie_rules
+        if rules is not None:
+            value, self.cookie_first = rules.server_value(head, self.wall)
+            if value is not None:
+                self.pinned = backend.by_cookie.get(value.decode("latin-1"))
+            edited = rules.request_head(up_head)
+            if edited is not up_head:
+                self.pending[0] = edited  # type: ignore[index]
         self._dispatch()
 
     def _feed_body(self, part: bytes) -> bool:
@@ -523,6 +533,21 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
     def _dispatch(self) -> None:
         be = self.backend
+        stick = be.stick
+        if self.pinned is not None:
+            # Cookie persistence: the pinned server if it may still take the client.
+            server = be.persistent(self.pinned)
+            if server is not None:
+                self._use(server)
+                return
+            self.pinned = None
+        if stick is not None:
+            key = self.src_ip.encode()
+            server = be.persistent(be.by_name.get(stick.get(key, self._loop.time()) or ""))
+            if server is not None:
+                stick.put(key, server.name, self._loop.time())
+                self._use(server)
+                return
         if not be.usable:
             be.no_server += 1
             self._reply_error(503, "SC")
@@ -545,8 +570,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     def _use(self, server: Any) -> None:
         if self.t_queue < 0:
             self.t_queue = 0
-        self.backend.acquire(server)
+        be = self.backend
+        be.acquire(server)
+        server.sessions.add(self)
         self.server = server
+        if be.stick is not None and self.pinned is None:
+            key = self.src_ip.encode()
+            be.stick.put(key, server.name, self._loop.time())
+            sync = self.worker.stick_sync
+            if sync is not None:
+                sync(be.name, key, server.name)
         self.t_mark = self._loop.time()
         conn = take_idle(server, self.t_mark, self.worker.pool_idle_timeout)
         if conn is not None:
@@ -574,12 +607,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             conn.release()
             return
         self.t_connect = int((loop.time() - self.t_mark) * 1000)
+        if server.obs_errors and server.observe == 4:
+            server.obs_errors = 0
         self._send(conn)
 
     def _connect_failed(self, exc: Exception | None) -> None:
         server = self.server
         be = self.backend
         server.conn_errors += 1
+        if server.observe:
+            self._observe_error(server, "L4CON: connection failed" if exc is not None else "L4TOUT: connect timeout")
         if self.state == CLOSED:
             return
         if self.retries >= be.retries:
@@ -591,7 +628,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             other = be.pick_other(server, self._hash_key(be) if be.key_kind else None)
             if other is not None:
                 be.release(server)
+                server.sessions.discard(self)
                 be.acquire(other)
+                other.sessions.add(self)
                 other.redispatches += 1
                 self.server = other
         self._disarm()
@@ -781,6 +820,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         elif not self.v11:
             head = head[:-2] + b"Connection: keep-alive\r\n\r\n"
 
+        rules = self.backend.cookie_rules
+        if rules is not None and self.server is not None:
+            head = rules.response_head(head, self.server.cookie, self.pinned is self.server,
+                                       self.wall, self.cookie_first)
         self.resp_started = True
         self.rstate = rstate
         self.bytes_out += len(head)
@@ -1003,7 +1046,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.server = None
             server.responses[cls] += 1
             server.bytes_out += self.bytes_out
+            server.sessions.discard(self)
             be.release(server)
+            if server.observe:
+                if status >= 500 and (server.observe == 7 or self.term[0] == "S"):
+                    self._observe_error(server, f"status {status}")
+                elif server.obs_errors and 100 <= status < 500:
+                    server.obs_errors = 0
         if self.waiter is not None:
             self.waiter.cancelled = True
             self.waiter = None
@@ -1128,3 +1177,18 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             return True
         self.keep_client = False
         return False
+
+    def kill_session(self) -> None:
+        """``shutdown sessions``: abort this transaction at once (termination K)."""
+        if self.state != CLOSED:
+            self.term = "KD" if self.resp_started else "KC"
+            self._close(abort=True)
+
+    def _observe_error(self, server: Any, reason: str) -> None:
+        """Passive check: report after ``error_limit`` consecutive errors."""
+        server.obs_errors += 1
+        if server.obs_errors >= server.cfg.error_limit:
+            server.obs_errors = 0
+            observer = self.worker.observer
+            if observer is not None:
+                observer(server.backend.name, server.name, False, reason)

@@ -55,6 +55,7 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self.waiter: Any = None
         self.connecting: Any = None
         self.retries = 0
+        self.pinned = False
         self.peer = "-"
         self.src_ip = ""
         self.bytes_in = 0
@@ -106,6 +107,15 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             self._close()
             return
         self.backend = backend
+        if backend.stick is not None:
+            now = self._loop.time()
+            key = self.src_ip.encode()
+            server = backend.persistent(backend.by_name.get(backend.stick.get(key, now) or ""))
+            if server is not None:
+                backend.stick.put(key, server.name, now)
+                self.pinned = True
+                self._use(server)
+                return
         if not backend.usable:
             backend.no_server += 1
             self.term = "SC"
@@ -125,8 +135,15 @@ class TcpClient(LazyTimer, asyncio.Protocol):
 
     def _use(self, server: Any) -> None:
         self.t_queue = int((self._loop.time() - self.t_start) * 1000)
-        self.backend.acquire(server)
+        be = self.backend
+        be.acquire(server)
+        server.sessions.add(self)
         self.server = server
+        if be.stick is not None and not self.pinned:
+            key = self.src_ip.encode()
+            be.stick.put(key, server.name, self._loop.time())
+            if self.worker.stick_sync is not None:
+                self.worker.stick_sync(be.name, key, server.name)
         self._connect()
 
     def _connect(self) -> None:
@@ -149,6 +166,8 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             conn.close()
             return
         self.t_connect = int((loop.time() - self.t_mark) * 1000)
+        if server.obs_errors:
+            server.obs_errors = 0
         self.upstream = conn
         conn.attach(self)
         if self.pending:
@@ -166,6 +185,12 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         server = self.server
         be = self.backend
         server.conn_errors += 1
+        if server.observe:
+            server.obs_errors += 1
+            if server.obs_errors >= server.cfg.error_limit:
+                server.obs_errors = 0
+                if self.worker.observer is not None:
+                    self.worker.observer(be.name, server.name, False, "L4CON: connection failed")
         if self.closed:
             return
         if self.retries >= be.retries:
@@ -178,7 +203,9 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             other = be.pick_other(server, self.src_ip.encode() if be.key_kind else None)
             if other is not None:
                 be.release(server)
+                server.sessions.discard(self)
                 be.acquire(other)
+                other.sessions.add(self)
                 other.redispatches += 1
                 self.server = other
         self._disarm()
@@ -314,6 +341,7 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             server.bytes_out += self.bytes_out
             be.bytes_in += self.bytes_in
             be.bytes_out += self.bytes_out
+            server.sessions.discard(self)
             be.release(server)
         worker = self.worker
         worker.conn_closed(self)
@@ -332,3 +360,8 @@ class TcpClient(LazyTimer, asyncio.Protocol):
 
     def stop_if_idle(self) -> bool:
         return False
+
+    def kill_session(self) -> None:
+        if not self.closed:
+            self.term = "KD"
+            self._close(abort=True)
