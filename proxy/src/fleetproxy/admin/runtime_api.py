@@ -29,15 +29,7 @@ from .views import HAPROXY_COMPAT_VERSION, downtime, haproxy_status
 
 log = logging.getLogger("fleetproxy.admin")
 
-STAT_FIELDS = (
-    "pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
-    "status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,"
-    "tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,"
-    "hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,"
-    "comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,"
-    "agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,"
-    "check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo"
-).split(",")
+STAT_FIELDS = ["pxname", "svname", "qcur", "qmax", "scur", "smax", "slim", "stot", "bin", "bout", "dreq", "dresp", "ereq", "econ", "eresp", "wretr", "wredis", "status", "weight", "act", "bck", "chkfail", "chkdown", "lastchg", "downtime", "qlimit", "pid", "iid", "sid", "throttle", "lbtot", "tracked", "type", "rate", "rate_lim", "rate_max", "check_status", "check_code", "check_duration", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other", "hanafail", "req_rate", "req_rate_max", "req_tot", "cli_abrt", "srv_abrt", "comp_in", "comp_out", "comp_byp", "comp_rsp", "lastsess", "last_chk", "last_agt", "qtime", "ctime", "rtime", "ttime", "agent_status", "agent_code", "agent_duration", "check_desc", "agent_desc", "check_rise", "check_fall", "check_health", "agent_rise", "agent_fall", "agent_health", "addr", "cookie", "mode", "algo"]
 
 HELP = """The following commands are valid at this level:
   help                                    : this message
@@ -105,7 +97,7 @@ class RuntimeAPI:
                 break
             try:
                 result = self.execute(command)
-            except Exception as exc:  # noqa: BLE001 - a command must never kill the socket
+            except Exception as exc:
                 log.exception("runtime API command %r failed", command)
                 result = f"Internal error: {exc}\n"
             out.append(result if result.endswith("\n") or not result else result + "\n")
