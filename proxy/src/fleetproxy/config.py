@@ -14,6 +14,7 @@ This module does no I/O beyond reading the file and knows nothing of sockets;
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,6 +47,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 5s, 250ms or 1m, got a boolean")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"duration {value} is not a finite number")
         if value < 0:
             raise ValueError(f"duration {value} is negative")
         return value / 1000.0
