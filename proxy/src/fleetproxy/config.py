@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -74,7 +75,19 @@ def _check_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, BeforeValidator(lambda v: v if not isinstance(v, str) else _check_name(v))]
+Name = Annotated[str, AfterValidator(_check_name)]
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _check_token(value: str) -> str:
+    """An HTTP token (RFC 9110 5.6.2): header names and methods."""
+    if not _TOKEN_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP token (letters, digits and !#$%&'*+.^_`|~-)")
+    return value
+
+
+Token = Annotated[str, AfterValidator(_check_token)]
 
 
 def split_host_port(value: str, *, what: str, allow_wildcard: bool) -> tuple[str, int]:
@@ -231,7 +244,7 @@ class ResolvedTimeouts(_Model):
 
 
 class HeaderCondition(_Model):
-    name: str = Field(min_length=1)
+    name: Token
     value: str | None = None
     regex: Regex | None = None
     present: bool | None = None
@@ -272,7 +285,7 @@ class Condition(_Model):
     @field_validator("method")
     @classmethod
     def _upper(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else [m.upper() for m in v]
+        return None if v is None else [_check_token(m).upper() for m in v]
 
     @field_validator("host", "sni")
     @classmethod
