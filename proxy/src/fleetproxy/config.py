@@ -581,6 +581,8 @@ def loads(text: str, source: str | None = None) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([("", f"{where}invalid YAML: {problem}")], source) from None
+    except RecursionError:
+        raise ConfigError([("", "invalid YAML: the document is nested too deeply")], source) from None
     return parse(data, source)
 
 
