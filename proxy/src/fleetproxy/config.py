@@ -17,6 +17,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -62,7 +64,21 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration such as 5s, 250ms or 1m, got {type(value).__name__}")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def format_duration(seconds: float) -> str:
+    """The text that :func:`parse_duration` reads back as exactly ``seconds`` (``250ms``)."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s", "ms", "us"):
+        n = seconds / _DURATION_UNITS[unit]
+        if n == int(n) and int(n) * _DURATION_UNITS[unit] == seconds:
+            return f"{int(n)}{unit}"
+    return f"{Decimal(repr(seconds)):f}s"
+
+
+# Durations dump (mode="json") with a unit: a bare number would read back as milliseconds.
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
