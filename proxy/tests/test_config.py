@@ -226,6 +226,21 @@ def test_every_error_is_reported_at_once() -> None:
     ], lines
 
 
+def test_schema_errors_and_reference_errors_are_reported_together() -> None:
+    """One `check` shows every problem: a bad port elsewhere does not hide a dangling reference."""
+    lines = errors_of({
+        "frontends": [{"name": "fe", "bind": ["*:80"], "default_backend": "nope",
+                       "rules": [{"if": {"path": "/"}, "use_backend": "be"},
+                                 {"if": {"path": "/x"}, "use_backend": "gone"}]}],
+        "backends": [{"name": "be", "servers": [{"name": "s", "address": "127.0.0.1:0"}]}],
+    })
+    assert lines == [
+        "backends[0].servers[0].address: port 0 out of range (1-65535)",
+        "frontends[0].default_backend: no backend named 'nope'",
+        "frontends[0].rules[1].use_backend: no backend named 'gone'",
+    ]
+
+
 def test_unknown_backend_suggests_the_closest_name() -> None:
     lines = errors_of(minimal(frontends=[{"name": "fe", "bind": ["*:80"], "default_backend": "htp_back"}],
                               backends=[{"name": "http_back"}]))

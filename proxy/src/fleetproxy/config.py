@@ -554,10 +554,35 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         for path, name in refs:
             be = backends.get(name)
             if be is None:
-                hint = _closest(name, backends)
-                errors.append((path, f"no backend named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")))
+                errors.append((path, _no_backend(name, backends)))
             elif be.mode != fe.mode:
                 errors.append((path, f"backend {name!r} is mode {be.mode}, frontend {fe.name!r} is mode {fe.mode}"))
+    return errors
+
+
+def _no_backend(name: str, backends: Iterable[str]) -> str:
+    hint = _closest(name, backends)
+    return f"no backend named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+
+
+def _raw_references(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Backend references that cannot resolve, read from the raw document: reported
+    together with schema errors, so that one ``check`` shows every problem."""
+    frontends, backends = data.get("frontends"), data.get("backends", [])
+    if not isinstance(frontends, list) or not isinstance(backends, list):
+        return []
+    names = {b.get("name") for b in backends if isinstance(b, dict) and isinstance(b.get("name"), str)}
+    errors = []
+    for i, fe in enumerate(frontends):
+        if not isinstance(fe, dict):
+            continue
+        refs = [(f"frontends[{i}].default_backend", fe.get("default_backend"))]
+        rules = fe.get("rules")
+        if isinstance(rules, list):
+            refs += [(f"frontends[{i}].rules[{j}].use_backend", r.get("use_backend"))
+                     for j, r in enumerate(rules) if isinstance(r, dict)]
+        errors += [(path, _no_backend(name, names)) for path, name in refs
+                   if isinstance(name, str) and name not in names]
     return errors
 
 
@@ -582,7 +607,10 @@ def parse(data: Any, source: str | None = None) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_errors(exc), source) from None
+        errors = _pydantic_errors(exc)
+        seen = {path for path, _ in errors}
+        errors += [e for e in _raw_references(data) if e[0] not in seen]
+        raise ConfigError(errors, source) from None
     errors = _resolve(cfg)
     if errors:
         raise ConfigError(errors, source)
