@@ -14,17 +14,21 @@ This module does no I/O beyond reading the file and knows nothing of sockets;
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -46,6 +50,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 5s, 250ms or 1m, got a boolean")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"duration {value} is not a finite number")
         if value < 0:
             raise ValueError(f"duration {value} is negative")
         return value / 1000.0
@@ -58,7 +64,21 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration such as 5s, 250ms or 1m, got {type(value).__name__}")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def format_duration(seconds: float) -> str:
+    """The text that :func:`parse_duration` reads back as exactly ``seconds`` (``250ms``)."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s", "ms", "us"):
+        n = seconds / _DURATION_UNITS[unit]
+        if n == int(n) and int(n) * _DURATION_UNITS[unit] == seconds:
+            return f"{int(n)}{unit}"
+    return f"{Decimal(repr(seconds)):f}s"
+
+
+# Durations dump (mode="json") with a unit: a bare number would read back as milliseconds.
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -71,7 +91,19 @@ def _check_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, BeforeValidator(lambda v: v if not isinstance(v, str) else _check_name(v))]
+Name = Annotated[str, AfterValidator(_check_name)]
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _check_token(value: str) -> str:
+    """An HTTP token (RFC 9110 5.6.2): header names and methods."""
+    if not _TOKEN_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP token (letters, digits and !#$%&'*+.^_`|~-)")
+    return value
+
+
+Token = Annotated[str, AfterValidator(_check_token)]
 
 
 def split_host_port(value: str, *, what: str, allow_wildcard: bool) -> tuple[str, int]:
@@ -231,7 +263,7 @@ class ResolvedTimeouts(_Model):
 
 
 class HeaderCondition(_Model):
-    name: str = Field(min_length=1)
+    name: Token
     value: str | None = None
     regex: Regex | None = None
     present: bool | None = None
@@ -272,7 +304,7 @@ class Condition(_Model):
     @field_validator("method")
     @classmethod
     def _upper(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else [m.upper() for m in v]
+        return None if v is None else [_check_token(m).upper() for m in v]
 
     @field_validator("host", "sni")
     @classmethod
@@ -658,10 +690,35 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         for path, name in refs:
             be = backends.get(name)
             if be is None:
-                hint = _closest(name, backends)
-                errors.append((path, f"no backend named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")))
+                errors.append((path, _no_backend(name, backends)))
             elif be.mode != fe.mode:
                 errors.append((path, f"backend {name!r} is mode {be.mode}, frontend {fe.name!r} is mode {fe.mode}"))
+    return errors
+
+
+def _no_backend(name: str, backends: Iterable[str]) -> str:
+    hint = _closest(name, backends)
+    return f"no backend named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+
+
+def _raw_references(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Backend references that cannot resolve, read from the raw document: reported
+    together with schema errors, so that one ``check`` shows every problem."""
+    frontends, backends = data.get("frontends"), data.get("backends", [])
+    if not isinstance(frontends, list) or not isinstance(backends, list):
+        return []
+    names = {b.get("name") for b in backends if isinstance(b, dict) and isinstance(b.get("name"), str)}
+    errors = []
+    for i, fe in enumerate(frontends):
+        if not isinstance(fe, dict):
+            continue
+        refs = [(f"frontends[{i}].default_backend", fe.get("default_backend"))]
+        rules = fe.get("rules")
+        if isinstance(rules, list):
+            refs += [(f"frontends[{i}].rules[{j}].use_backend", r.get("use_backend"))
+                     for j, r in enumerate(rules) if isinstance(r, dict)]
+        errors += [(path, _no_backend(name, names)) for path, name in refs
+                   if isinstance(name, str) and name not in names]
     return errors
 
 
@@ -686,7 +743,10 @@ def parse(data: Any, source: str | None = None) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_errors(exc), source) from None
+        errors = _pydantic_errors(exc)
+        seen = {path for path, _ in errors}
+        errors += [e for e in _raw_references(data) if e[0] not in seen]
+        raise ConfigError(errors, source) from None
     errors = _resolve(cfg)
     if errors:
         raise ConfigError(errors, source)
@@ -701,6 +761,8 @@ def loads(text: str, source: str | None = None) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([("", f"{where}invalid YAML: {problem}")], source) from None
+    except RecursionError:
+        raise ConfigError([("", "invalid YAML: the document is nested too deeply")], source) from None
     return parse(data, source)
 
 
