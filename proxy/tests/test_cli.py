@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,14 @@ def test_example_runs(example: Path, proxy: Any, backend: Any) -> None:
             continue
         be = backends[fe["default_backend"]]
         primaries = [s["name"] for s in be["servers"] if not s.get("backup")]
-        r = get(p.port(fe["name"]), "/example")
+        # Servers with `check` start DOWN until their first check passes (spread over
+        # at most 2 s): allow a bounded wait.
+        deadline = time.monotonic() + 6
+        while True:
+            r = get(p.port(fe["name"]), "/example")
+            if r.status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert r.status == 200, r
         assert r.header("X-Served-By") in primaries
     p.assert_clean_exit()
