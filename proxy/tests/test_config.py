@@ -82,7 +82,7 @@ def test_contract_shape_is_accepted_one_to_one() -> None:
     t = cfg.defaults.timeouts
     assert (t.connect, t.client, t.server, t.http_request, t.http_keep_alive, t.queue) == (5, 50, 50, 10, 10, 5)
     fe = cfg.frontends[0]
-    assert fe.name == "http_front" and fe.bind == ["127.0.0.1:8080"] and fe.default_backend == "http_back"
+    assert fe.name == "http_front" and fe.addresses == ["127.0.0.1:8080"] and fe.default_backend == "http_back"
     assert [r.use_backend for r in fe.rules] == ["api_back", "static_back", "canary_back"]
     assert fe.rules[0].if_.path_prefix == ["/api/"]
     assert fe.rules[1].if_.host == ["static.example.com"]
@@ -119,7 +119,7 @@ def test_contract_example_file_is_the_contract() -> None:
 def test_seed_example_mirrors_haproxy_seed() -> None:
     cfg = load(EXAMPLES / "haproxy-seed.yml")
     fe = cfg.frontends[0]
-    assert fe.name == "http_front" and fe.bind == ["*:80"] and fe.default_backend == "http_back"
+    assert fe.name == "http_front" and fe.addresses == ["*:80"] and fe.default_backend == "http_back"
     be = cfg.backend("http_back")
     assert be.balance == "roundrobin" and len(be.servers) == 2
     assert all(s.check for s in be.servers)
@@ -368,7 +368,7 @@ def test_builtin_defaults() -> None:
 def test_bind_forms() -> None:
     cfg = parse(minimal(frontends=[{"name": "fe", "bind": ["*:80", "[::]:81", "127.0.0.1:8080", ":82"],
                                     "default_backend": "be"}]))
-    assert cfg.frontends[0].bind == ["*:80", "[::]:81", "127.0.0.1:8080", ":82"]
+    assert cfg.frontends[0].addresses == ["*:80", "[::]:81", "127.0.0.1:8080", ":82"]
 
 
 def test_conditions_are_normalised() -> None:

@@ -416,9 +416,21 @@ SERVER_DEFAULTS = {
 }
 
 
+class ServerTls(_Model):
+    """TLS towards a server (re-encryption), also used by its health checks."""
+
+    verify: Literal["required", "none"] = "required"
+    ca_file: str | None = None
+    sni: str | None = None
+    certificate: str | None = None
+    alpn: list[str] | None = None
+    min_version: TLS_VERSIONS = "1.2"
+
+
 class ServerConfig(ServerDefaults):
     name: Name
     address: ServerAddress
+    tls: ServerTls | None = None
     backup: bool = False
     disabled: bool = False
     cookie: str | None = Field(default=None, min_length=1, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -504,10 +516,55 @@ class BackendConfig(_Model):
     resolved_timeouts: ResolvedTimeouts | None = Field(default=None, exclude=True)
 
 
+TLS_VERSIONS = Literal["1.2", "1.3"]
+
+
+class BindTls(_Model):
+    """TLS termination on a bind address."""
+
+    certificates: list[str] = Field(min_length=1)
+    default_certificate: str | None = None
+    strict_sni: bool = False
+    alpn: list[str] = Field(default_factory=lambda: ["http/1.1"])
+    min_version: TLS_VERSIONS = "1.2"
+    ciphers: str | None = None
+    client_ca: str | None = None
+    verify_client: Literal["none", "optional", "required"] = "none"
+    client_subject_header: str | None = Field(default=None, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    ticket_rotation: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> BindTls:
+        if self.verify_client != "none" and not self.client_ca:
+            raise ValueError(f"verify_client: {self.verify_client} needs client_ca")
+        return self
+
+
+class BindConfig(_Model):
+    address: ListenAddress
+    tls: BindTls | None = None
+
+
+def _bind_item(value: Any) -> Any:
+    # A plain "host:port" string stays valid; errors then point at the item itself.
+    if isinstance(value, str):
+        return {"address": _listen_address(value)}
+    return value
+
+
+Bind = Annotated[BindConfig, BeforeValidator(_bind_item)]
+
+
+class Hsts(_Model):
+    max_age: int = Field(default=31536000, ge=0)
+    include_subdomains: bool = False
+    preload: bool = False
+
+
 class FrontendConfig(_Model):
     name: Name
     mode: Mode | None = None
-    bind: list[ListenAddress] = Field(min_length=1)
+    bind: list[Bind] = Field(min_length=1)
     default_backend: Name | None = None
     rules: list[Rule] = Field(default_factory=list)
     maxconn: int | None = Field(default=None, ge=1)
@@ -515,8 +572,15 @@ class FrontendConfig(_Model):
     forwardfor: bool | None = None
     log: bool | None = None
     backlog: int | None = Field(default=None, ge=1)
+    redirect_to_https: bool | Literal[301, 302, 307, 308] = False
+    hsts: Hsts | None = None
+    inspect_delay: Duration = 5.0
 
     resolved_timeouts: ResolvedTimeouts | None = Field(default=None, exclude=True)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [b.address for b in self.bind]
 
 
 class Config(_Model):
@@ -653,6 +717,17 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
                     errors.append((f"backends[{i}].servers[{j}].cookie",
                                    f"cookie value {value!r} is already used by server {cookies[value]!r}"))
                 cookies[value] = srv.name
+        for j, srv in enumerate(be.servers):
+            if srv.tls is not None:
+                from . import tls as tls_mod
+
+                if srv.tls.ca_file:
+                    problem = tls_mod.inspect_ca(srv.tls.ca_file)
+                    if problem:
+                        errors.append((f"backends[{i}].servers[{j}].tls.ca_file", problem))
+                if srv.tls.certificate:
+                    for problem in tls_mod.inspect_path(srv.tls.certificate, directory=False):
+                        errors.append((f"backends[{i}].servers[{j}].tls.certificate", problem))
         if be.cookie is not None and be.mode != "http":
             errors.append((f"backends[{i}].cookie", "cookie persistence needs mode http"))
         if be.mode == "tcp" and (be.balance == "uri" or be.balance.startswith("hdr(")):
@@ -665,13 +740,21 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         fe.log = d.log if fe.log is None else fe.log
         fe.maxconn = fe.maxconn or d.maxconn
         fe.resolved_timeouts = _resolve_timeouts(d.timeouts, fe.timeouts)
-        for j, addr in enumerate(fe.bind):
+        for j, bind in enumerate(fe.bind):
+            addr = bind.address
             key = split_host_port(addr, what="bind address", allow_wildcard=True)
             here = f"frontends[{i}].bind[{j}]"
             if key in binds:
                 errors.append((here, f"{addr} is already bound by {binds[key]}"))
             else:
                 binds[key] = here
+            if bind.tls is not None:
+                if fe.mode == "tcp":
+                    errors.append((f"{here}.tls", "TLS termination needs mode http "
+                                   "(use sni rules in a tcp frontend for passthrough)"))
+                errors.extend(_check_tls_files(bind.tls, f"{here}.tls"))
+        if fe.redirect_to_https and not any(b.tls for b in fe.bind):
+            errors.append((f"frontends[{i}].redirect_to_https", "needs a bind with tls in this frontend"))
         refs = []
         if fe.default_backend is not None:
             refs.append((f"frontends[{i}].default_backend", fe.default_backend))
@@ -719,6 +802,24 @@ def _raw_references(data: dict[str, Any]) -> list[tuple[str, str]]:
                      for j, r in enumerate(rules) if isinstance(r, dict)]
         errors += [(path, _no_backend(name, names)) for path, name in refs
                    if isinstance(name, str) and name not in names]
+    return errors
+
+
+def _check_tls_files(tls: BindTls, path: str) -> list[tuple[str, str]]:
+    """Every certificate readable, with its key, and usable by OpenSSL."""
+    from . import tls as tls_mod
+
+    errors = []
+    for k, cert in enumerate(tls.certificates):
+        for problem in tls_mod.inspect_path(cert):
+            errors.append((f"{path}.certificates[{k}]", problem))
+    if tls.default_certificate:
+        for problem in tls_mod.inspect_path(tls.default_certificate, directory=False):
+            errors.append((f"{path}.default_certificate", problem))
+    if tls.client_ca:
+        problem = tls_mod.inspect_ca(tls.client_ca)
+        if problem:
+            errors.append((f"{path}.client_ca", problem))
     return errors
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,7 +81,8 @@ class _Probe(asyncio.Protocol):
 
 
 async def run_check(loop: asyncio.AbstractEventLoop, host: str, port: int, timeout: float,
-                    request: bytes | None, expect: frozenset[int] | None) -> CheckResult:
+                    request: bytes | None, expect: frozenset[int] | None,
+                    tls: Any = None, sni: str = "") -> CheckResult:
     start = time.monotonic()
     done: asyncio.Future[tuple[str, str]] = loop.create_future()
 
@@ -88,9 +90,16 @@ async def run_check(loop: asyncio.AbstractEventLoop, host: str, port: int, timeo
         return int((time.monotonic() - start) * 1000)
 
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: _Probe(request, done), host, port), timeout)
+        if tls is None:
+            connect = loop.create_connection(lambda: _Probe(request, done), host, port)
+        else:
+            connect = loop.create_connection(lambda: _Probe(request, done), host, port,
+                                             ssl=tls, server_hostname=sni)
+        await asyncio.wait_for(connect, timeout)
     except asyncio.TimeoutError:
         return CheckResult(False, "L4TOUT", "connection timeout", ms())
+    except ssl.SSLError as exc:
+        return CheckResult(False, "L6RSP", f"TLS: {exc.reason or exc}", ms())
     except OSError as exc:
         return CheckResult(False, "L4CON", exc.strerror or str(exc), ms())
     try:
@@ -178,11 +187,22 @@ class HealthChecker:
         if cfg.check_address:
             host, port = split_host_port(cfg.check_address, what="check address", allow_wildcard=False)
         request, expect = self._request(server)
+        tls = None
+        if server.cfg.tls is not None:
+            from .tls import client_context
+
+            try:
+                tls = client_context(server.cfg.tls)
+            except (OSError, ssl.SSLError) as exc:
+                server.check_status, server.check_desc = "L6RSP", f"TLS setup: {exc}"
+                return
+        sni = server.cfg.tls.sni or "" if server.cfg.tls is not None else ""
         never_up = server.health == DOWN and cfg.init_state == "down"
         await self._sleep(key, random.uniform(0, min(cfg.inter, 2.0)))  # type: ignore[arg-type]
         while True:
             timeout = server.backend.timeouts.check or cfg.inter
-            result = await run_check(self.loop, host, port, timeout, request, expect)  # type: ignore[arg-type]
+            result = await run_check(self.loop, host, port, timeout, request, expect,  # type: ignore[arg-type]
+                                     tls, sni)
             server.check_status = result.status
             server.check_desc = result.desc
             server.check_duration = result.duration

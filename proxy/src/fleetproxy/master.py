@@ -135,7 +135,7 @@ class Master:
         await self._spawn_generation(changes)
         self.health.sync(list(self.runtime.servers()))
         for fe in self.cfg.frontends:
-            log.info("frontend %s (%s) listening on %s", fe.name, fe.mode, ", ".join(fe.bind))
+            log.info("frontend %s (%s) listening on %s", fe.name, fe.mode, ", ".join(fe.addresses))
         log.info("started %d worker(s) (pids %s)", len(self._current()),
                  ", ".join(str(w.pid) for w in self._current()))
 
@@ -162,7 +162,7 @@ class Master:
         wanted: dict[str, int] = {}
         for fe in cfg.frontends:
             backlog = fe.backlog or fe.maxconn or cfg.global_.maxconn
-            for address in fe.bind:
+            for address in fe.addresses:
                 wanted[address] = min(backlog, 65535)
         opened: list[str] = []
         try:
@@ -193,7 +193,7 @@ class Master:
     async def _spawn(self, handle: WorkerHandle, changes: list[dict[str, Any]]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {address: sock.fileno() for address, sock in self.listeners.items()}
-        addresses = {a for fe in self.cfg.frontends for a in fe.bind}
+        addresses = {a for fe in self.cfg.frontends for a in fe.addresses}
         try:
             handle.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleetproxy.process", str(theirs.fileno()), self.event_loop,
@@ -308,10 +308,11 @@ class Master:
             return out
 
         for fe in rt.frontends.values():
-            v = total("fe", fe.name, 13)
+            v = total("fe", fe.name, 14)
             (fe.conns, fe.max_conns, fe.total_conns, fe.requests, fe.bytes_in, fe.bytes_out,
              fe.bad_requests) = v[:7]
             fe.responses = v[7:13]
+            fe.tls_failures = v[13]
         for be in rt.backends.values():
             v = total("be", be.name, 13)
             (be.active, be.total, be.bytes_in, be.bytes_out, be.no_server, be.queue_timeouts) = v[:6]
@@ -604,7 +605,7 @@ class Master:
                 w.send({"op": "stop", "hard_stop_after": old_cfg.global_.hard_stop_after})
             # Addresses no longer bound by any frontend: close the master's copy;
             # the old workers hold theirs until they exit.
-            keep = {a for fe in cfg.frontends for a in fe.bind}
+            keep = {a for fe in cfg.frontends for a in fe.addresses}
             for address in list(self.listeners):
                 if address not in keep:
                     self.listeners.pop(address).close()

@@ -20,10 +20,11 @@ from typing import Any
 
 from .config import Config, split_host_port
 from .datapath.accesslog import AccessLog
-from .datapath.http import HttpClient
+from .datapath.http import HttpClient, TlsHttpClient
 from .datapath.tcp import TcpClient
 from .datapath.upstream import sweep_idle
 from .runtime import Runtime
+from .tls import ServerTls, client_context
 
 log = logging.getLogger("fleetproxy")
 
@@ -48,19 +49,70 @@ def make_listener(address: str, backlog: int) -> socket.socket:
     return sock
 
 
+class BindInfo:
+    """What a client connection needs to know about the address it came in on."""
+
+    __slots__ = ("subject_header", "tls")
+
+    def __init__(self, tls: Any = None) -> None:
+        self.tls = tls  # a ServerTls, or None
+        header = tls.cfg.client_subject_header if tls is not None else None
+        self.subject_header = header.encode() if header else None
+
+
 class Listener:
     """One bound address of a frontend; accepting can be paused and resumed."""
 
-    def __init__(self, worker: Worker, frontend: Any, address: str, sock: socket.socket) -> None:
+    def __init__(self, worker: Worker, frontend: Any, bind: Any, sock: socket.socket) -> None:
         self.worker = worker
         self.frontend = frontend
-        self.address = address
+        self.address = bind.address
         self.sock = sock
         self.server: asyncio.AbstractServer | None = None
         self.want_accepting = False
         self._busy = False
-        proto = HttpClient if frontend.mode == "http" else TcpClient
-        self.factory: Callable[[], asyncio.Protocol] = lambda: proto(worker, frontend)
+        self.tls = ServerTls(bind.tls) if bind.tls is not None else None
+        self.info = BindInfo(self.tls)
+        self._rotation: asyncio.TimerHandle | None = None
+        self.reported_failures = 0
+        if frontend.mode == "tcp":
+            proto: Any = TcpClient
+        else:
+            proto = TlsHttpClient if self.tls is not None else HttpClient
+        info = self.info
+        self.factory: Callable[[], asyncio.Protocol] = lambda: proto(worker, frontend, info)
+
+    async def _serve(self) -> asyncio.AbstractServer:
+        dup = socket.socket(fileno=os.dup(self.sock.fileno()))
+        dup.setblocking(False)
+        if self.tls is None:
+            return await self.worker.loop.create_server(self.factory, sock=dup)
+        return await self.worker.loop.create_server(
+            self.factory, sock=dup, ssl=self.tls.context,
+            ssl_handshake_timeout=self.frontend.timeouts.http_request,
+        )
+
+    def _schedule_rotation(self) -> None:
+        if self.tls is not None and self.tls.cfg.ticket_rotation > 0:
+            self._rotation = self.worker.loop.call_later(self.tls.cfg.ticket_rotation, self._rotate)
+
+    def _rotate(self) -> None:
+        """New session-ticket keys: serve from fresh contexts, then drop the old server."""
+        assert self.tls is not None
+
+        async def rotate() -> None:
+            try:
+                self.tls.rotate()  # type: ignore[union-attr]
+            except (OSError, ValueError) as exc:
+                log.error("%s: keeping the current TLS contexts: %s", self.address, exc)
+                return
+            if self.server is not None and not self._busy:
+                old = self.server
+                self.server = await self._serve()
+                old.close()
+
+        self.worker.loop.create_task(rotate())
+        self._schedule_rotation()
 
     def set_accepting(self, accepting: bool) -> None:
         if self.want_accepting != accepting:
@@ -75,9 +127,7 @@ class Listener:
         try:
             while (self.server is not None) != self.want_accepting:
                 if self.want_accepting:
-                    dup = socket.socket(fileno=os.dup(self.sock.fileno()))
-                    dup.setblocking(False)
-                    self.server = await self.worker.loop.create_server(self.factory, sock=dup)
+                    self.server = await self._serve()
                 else:
                     server, self.server = self.server, None
                     server.close()  # type: ignore[union-attr]
@@ -87,9 +137,12 @@ class Listener:
     async def start(self) -> None:
         self.want_accepting = True
         await self._apply()
+        self._schedule_rotation()
 
     def close(self) -> None:
         self.want_accepting = False
+        if self._rotation is not None:
+            self._rotation.cancel()
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -117,15 +170,24 @@ class Worker:
         self.stick_sync: Callable[[str, bytes, str], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
+    def prepare_server(self, server: Any) -> None:
+        """TLS towards the server, if configured (contexts are per process)."""
+        tls = server.cfg.tls
+        if tls is not None:
+            server.tls = client_context(tls)
+            server.tls_sni = tls.sni or ""
+
     async def start(self, sockets: dict[str, socket.socket] | None = None) -> None:
         """Bind (or adopt) every listener and start accepting."""
+        for server in self.runtime.servers():
+            self.prepare_server(server)
         sockets = dict(sockets or {})
         try:
             for fe in self.runtime.frontends.values():
                 backlog = fe.cfg.backlog or fe.maxconn or self.maxconn
-                for address in fe.binds:
-                    sock = sockets.pop(address, None) or make_listener(address, min(backlog, 65535))
-                    self.listeners.append(Listener(self, fe, address, sock))
+                for bind in fe.cfg.bind:
+                    sock = sockets.pop(bind.address, None) or make_listener(bind.address, min(backlog, 65535))
+                    self.listeners.append(Listener(self, fe, bind, sock))
         except OSError:
             for listener in self.listeners:
                 listener.close()
@@ -144,6 +206,15 @@ class Worker:
 
     def _sweep(self) -> None:
         now = self.loop.time()
+        for listener in self.listeners:
+            tls = listener.tls
+            if tls is not None and tls.handshake_failures != listener.reported_failures:
+                new = tls.handshake_failures - listener.reported_failures
+                listener.reported_failures = tls.handshake_failures
+                log.warning("frontend %s, %s: %d TLS handshake(s) failed (plain HTTP on the TLS port, "
+                            "no common protocol or cipher, refused SNI or client certificate, or "
+                            "abandoned); %d in total", listener.frontend.name, listener.address, new,
+                            tls.handshake_failures)
         sweep_idle(self.runtime.servers(), now, self.pool_idle_timeout)
         for be in self.runtime.backends.values():
             if be.stick is not None:
@@ -230,7 +301,7 @@ class Worker:
             "conns": self.conns,
             "fe": {
                 f.name: [f.conns, f.max_conns, f.total_conns, f.requests, f.bytes_in, f.bytes_out,
-                         f.bad_requests, *f.responses]
+                         f.bad_requests, *f.responses, f.tls_failures]
                 for f in rt.frontends.values()
             },
             "be": {
@@ -316,9 +387,11 @@ class WorkerProcess:
             return
         if op in ("server", "add_server", "del_server"):
             try:
-                worker.runtime.apply(msg, self.loop.time())
+                server = worker.runtime.apply(msg, self.loop.time())
             except KeyError:
-                pass  # a server this (older) worker's configuration does not have
+                return  # a server this (older) worker's configuration does not have
+            if op == "add_server" and server is not None:
+                worker.prepare_server(server)
         elif op == "shutdown":
             worker.shutdown_sessions(msg["backend"], msg["server"])
         elif op == "stick":

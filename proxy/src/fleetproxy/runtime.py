@@ -87,6 +87,8 @@ class Server:
         "retries",
         "sessions",
         "state",
+        "tls",
+        "tls_sni",
         "total",
         "uweight",
         "weight",
@@ -133,6 +135,9 @@ class Server:
         self.idle: list[Any] = []
         # client transactions using this server (for "shutdown sessions")
         self.sessions: set[Any] = set()
+        # TLS towards the server (an ssl.SSLContext, set by the data path) and its SNI
+        self.tls: Any = None
+        self.tls_sni = ""
 
     @property
     def usable(self) -> bool:
@@ -345,7 +350,21 @@ class Frontend:
         self.name = cfg.name
         self.mode = cfg.mode
         self.cfg = cfg
-        self.binds = list(cfg.bind)
+        self.binds = cfg.addresses
+        self.needs_sni = cfg.mode == "tcp" and routing.uses(cfg.rules, "sni")
+        self.inspect_delay = cfg.inspect_delay
+        https = [b for b in cfg.bind if b.tls is not None]
+        self.https_port = int(https[0].address.rpartition(":")[2]) if https else 0
+        self.redirect_code = (301 if cfg.redirect_to_https is True else int(cfg.redirect_to_https)) \
+            if cfg.redirect_to_https else 0
+        self.hsts = b""
+        if cfg.hsts is not None:
+            value = f"max-age={cfg.hsts.max_age}"
+            if cfg.hsts.include_subdomains:
+                value += "; includeSubDomains"
+            if cfg.hsts.preload:
+                value += "; preload"
+            self.hsts = f"Strict-Transport-Security: {value}\r\n".encode()
         self.maxconn = cfg.maxconn or 0
         self.forwardfor = bool(cfg.forwardfor)
         self.log = bool(cfg.log)
@@ -367,6 +386,7 @@ class Frontend:
         self.bytes_out = 0
         self.responses = [0, 0, 0, 0, 0, 0]
         self.bad_requests = 0
+        self.tls_failures = 0
 
 
 class Runtime:

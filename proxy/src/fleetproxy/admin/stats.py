@@ -154,6 +154,8 @@ class FleetproxyCollector:
         tot = CounterMetricFamily("fleetproxy_frontend_sessions", "Sessions", labels=fl)
         req = CounterMetricFamily("fleetproxy_frontend_http_requests", "HTTP requests", labels=fl)
         bad = CounterMetricFamily("fleetproxy_frontend_request_errors", "Invalid requests", labels=fl)
+        tlsf = CounterMetricFamily("fleetproxy_frontend_tls_handshake_failures", "Failed TLS handshakes",
+                                   labels=fl)
         bin_ = CounterMetricFamily("fleetproxy_frontend_bytes_in", "Bytes received from clients", labels=fl)
         bout = CounterMetricFamily("fleetproxy_frontend_bytes_out", "Bytes sent to clients", labels=fl)
         resp = CounterMetricFamily("fleetproxy_frontend_http_responses", "HTTP responses by class",
@@ -163,11 +165,12 @@ class FleetproxyCollector:
             tot.add_metric([fe.name], fe.total_conns)
             req.add_metric([fe.name], fe.requests)
             bad.add_metric([fe.name], fe.bad_requests)
+            tlsf.add_metric([fe.name], fe.tls_failures)
             bin_.add_metric([fe.name], fe.bytes_in)
             bout.add_metric([fe.name], fe.bytes_out)
             for i, cls in enumerate(CLASSES):
                 resp.add_metric([fe.name, cls], fe.responses[i])
-        yield from (cur, tot, req, bad, bin_, bout, resp)
+        yield from (cur, tot, req, bad, tlsf, bin_, bout, resp)
 
         bl = ["backend"]
         cur = GaugeMetricFamily("fleetproxy_backend_current_sessions", "Current sessions", labels=bl)

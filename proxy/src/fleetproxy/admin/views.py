@@ -107,6 +107,7 @@ def frontend_view(f: Frontend) -> dict[str, Any]:
         "maxconn": f.maxconn,
         "requests": f.requests,
         "bad_requests": f.bad_requests,
+        "tls_handshake_failures": f.tls_failures,
         "bytes_in": f.bytes_in,
         "bytes_out": f.bytes_out,
         "responses": responses(f.responses),

@@ -55,15 +55,16 @@ _TUNNEL_STRIP = REQUEST_STRIP - {b"upgrade"}
 
 
 class HttpClient(LazyTimer, asyncio.Protocol):
-    def __init__(self, worker: Any, frontend: Any) -> None:
+    def __init__(self, worker: Any, frontend: Any, bind: Any = None) -> None:
         # Global state
         self.worker = worker
         self._loop = worker.loop
         self.frontend = frontend
+        self.bind = bind
         self.limits = worker.limits
         # Per-connection state
         self.transport: Any = None
-        self.parser = HttpRequestParser(self)
+        self.parser: Any = None  # created in connection_made (no cycle before it)
         self.state = IDLE
         self.buf = b""
         self.fed = 0
@@ -74,6 +75,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.peer = "-"
         self.src_ip = ""
         self.fwd = b""
+        self.tls = False
+        self.hsts = b""
         self.hc = False
         self.mc = False
         self._timer: Any = None
@@ -177,6 +180,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     # -- connection ----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.parser = HttpRequestParser(self)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "0.0.0.0"
         if ip.startswith("::ffff:") and "." in ip:
@@ -184,9 +188,22 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.src_ip = ip
         self.peer = f"{ip}:{peer[1]}" if peer else "-"
         fe = self.frontend
-        self.fwd = (b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b"") + (
-            b"X-Forwarded-Proto: http\r\n"
-        )
+        fwd = b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b""
+        bind = self.bind
+        if bind is not None and bind.tls is not None:
+            self.tls = True
+            self.hsts = fe.hsts
+            fwd += b"X-Forwarded-Proto: https\r\n"
+            if bind.subject_header:
+                from ..tls import subject_string
+
+                sslobj = transport.get_extra_info("ssl_object")
+                subject = subject_string(sslobj.getpeercert() if sslobj is not None else None)
+                if subject:
+                    fwd += bind.subject_header + b": " + subject.encode("utf-8", "replace") + b"\r\n"
+        else:
+            fwd += b"X-Forwarded-Proto: http\r\n"
+        self.fwd = fwd
         self.worker.conn_opened(self)
         self.t_start = self._loop.time()
         self._arm(fe.timeouts.http_request, T_REQUEST)
@@ -395,6 +412,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             up_head = strip_headers(head, names)
         else:
             up_head = head
+        bind = self.bind
+        if bind is not None and bind.subject_header:
+            # Only the proxy may vouch for a client certificate.
+            up_head = strip_headers(up_head, frozenset((bind.subject_header.lower(),)))
         if upgrade:
             up_head = up_head[:-2] + self.fwd + b"Connection: upgrade\r\n\r\n"
         else:
@@ -432,6 +453,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
         fe = self.frontend
         fe.requests += 1
+        if fe.redirect_code and not self.tls:
+            self._redirect_https()
+            return
         backend = fe.route(self)
         if backend is None:
             self._reply_error(503, "PR" if not fe.has_rules else "P-")
@@ -595,9 +619,15 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     async def _open(self, server: Any) -> None:
         loop = self._loop
         try:
-            _, conn = await loop.create_connection(
-                lambda: Upstream(loop, server), server.host, server.port
-            )
+            if server.tls is None:
+                _, conn = await loop.create_connection(
+                    lambda: Upstream(loop, server), server.host, server.port
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: Upstream(loop, server), server.host, server.port,
+                    ssl=server.tls, server_hostname=server.tls_sni,
+                )
         except OSError as exc:
             self.connecting = None
             self._connect_failed(exc)
@@ -820,6 +850,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         elif not self.v11:
             head = head[:-2] + b"Connection: keep-alive\r\n\r\n"
 
+        if self.hsts:
+            head = head[:-2] + self.hsts + b"\r\n"
         rules = self.backend.cookie_rules
         if rules is not None and self.server is not None:
             head = rules.response_head(head, self.server.cookie, self.pinned is self.server,
@@ -1192,3 +1224,45 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             observer = self.worker.observer
             if observer is not None:
                 observer(server.backend.name, server.name, False, reason)
+
+    def _redirect_https(self) -> None:
+        """``redirect_to_https`` on a plain bind: 301 (or the configured code) to https."""
+        fe = self.frontend
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        port = "" if fe.https_port == 443 else f":{fe.https_port}"
+        target = self.target.decode("latin-1")
+        if not target.startswith("/"):
+            target = "/" + target.split("://", 1)[-1].partition("/")[2]
+        code = fe.redirect_code
+        if code == 301 and self.method not in (b"GET", b"HEAD"):
+            code = 308  # keep the method and body
+        reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
+                  308: "Permanent Redirect"}[code]
+        location = f"https://{host}{port}{target}"
+        keep = self.keep_alive and self.state == DONE and not self.worker.stopping
+        head = (f"HTTP/1.1 {code} {reason}\r\nLocation: {location}\r\nContent-Length: 0\r\n"
+                + ("" if keep else "Connection: close\r\n") + "\r\n").encode("latin-1", "replace")
+        self.transport.write(head)
+        self.status = code
+        self.resp_started = True
+        self.bytes_out += len(head)
+        self.keep_client = keep
+        self.pending = None
+        self._end_transaction()
+        if keep:
+            self._next_request()
+        else:
+            self._close()
+
+
+class TlsHttpClient(HttpClient):
+    """A client on a TLS bind.  asyncio creates the protocol before the handshake
+    and calls ``connection_made`` only after it succeeded, so a protocol dropped
+    without ``connection_made`` is a failed (or abandoned) handshake: counted."""
+
+    def __del__(self) -> None:
+        if self.peer == "-" and self.bind is not None and self.bind.tls is not None:
+            self.bind.tls.handshake_failures += 1
+            self.frontend.tls_failures += 1

@@ -13,10 +13,12 @@ import asyncio
 import time
 from typing import Any
 
+from ..tls import NEED_MORE, client_hello_sni
 from .common import LazyTimer
 from .upstream import Upstream
 
-T_QUEUE, T_CONNECT, T_IDLE = range(3)
+T_QUEUE, T_CONNECT, T_IDLE, T_INSPECT = range(4)
+CLIENT_HELLO_LIMIT = 16384 + 5
 PENDING_LIMIT = 256 * 1024
 RETRY_TURNAROUND = 0.02
 
@@ -36,7 +38,7 @@ class TcpUpstream(Upstream):
 
 
 class TcpClient(LazyTimer, asyncio.Protocol):
-    def __init__(self, worker: Any, frontend: Any) -> None:
+    def __init__(self, worker: Any, frontend: Any, bind: Any = None) -> None:
         # Global state
         self.worker = worker
         self._loop = worker.loop
@@ -56,6 +58,8 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self.connecting: Any = None
         self.retries = 0
         self.pinned = False
+        self.inspecting = False
+        self.sni: str | None = None
         self.peer = "-"
         self.src_ip = ""
         self.bytes_in = 0
@@ -72,8 +76,6 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self._tkind = 0
 
     # -- the request view used by routing (TCP rules: src, sni) ----------------------
-    sni = None
-
     @property
     def src(self) -> Any:
         import ipaddress
@@ -101,6 +103,15 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self.worker.conn_opened(self)
         fe = self.frontend
         fe.requests += 1
+        if fe.needs_sni:
+            # Rules look at the TLS server name: wait for the ClientHello (inspect_delay).
+            self.inspecting = True
+            self._arm(fe.inspect_delay, T_INSPECT)
+            return
+        self._route()
+
+    def _route(self) -> None:
+        fe = self.frontend
         backend = fe.route(self)
         if backend is None:
             self.term = "PR"
@@ -154,9 +165,15 @@ class TcpClient(LazyTimer, asyncio.Protocol):
     async def _open(self, server: Any) -> None:
         loop = self._loop
         try:
-            _, conn = await loop.create_connection(
-                lambda: TcpUpstream(loop, server), server.host, server.port
-            )
+            if server.tls is None:
+                _, conn = await loop.create_connection(
+                    lambda: TcpUpstream(loop, server), server.host, server.port
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: TcpUpstream(loop, server), server.host, server.port,
+                    ssl=server.tls, server_hostname=server.tls_sni,
+                )
         except OSError:
             self.connecting = None
             self._connect_failed()
@@ -217,6 +234,19 @@ class TcpClient(LazyTimer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self.inspecting:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            buf = b"".join(self.pending)
+            sni = client_hello_sni(buf)
+            if sni == NEED_MORE and len(buf) < CLIENT_HELLO_LIMIT:
+                return
+            self.pending = [buf]
+            self.inspecting = False
+            self.sni = None if sni == NEED_MORE else sni
+            self._disarm()
+            self._route()
+            return
         up = self.upstream
         if up is not None:
             up.transport.write(data)
@@ -288,6 +318,11 @@ class TcpClient(LazyTimer, asyncio.Protocol):
     # -- ending -----------------------------------------------------------------------
     def _timeout(self, kind: int) -> None:
         if self.closed:
+            return
+        if kind == T_INSPECT:
+            if self.inspecting:
+                self.inspecting = False
+                self._route()
             return
         if kind == T_QUEUE:
             self.backend.queue_timeouts += 1
