@@ -135,7 +135,9 @@ class Master:
         await self._spawn_generation(changes)
         self.health.sync(list(self.runtime.servers()))
         for fe in self.cfg.frontends:
-            log.info("frontend %s (%s) listening on %s", fe.name, fe.mode, ", ".join(fe.addresses))
+            for bind in fe.bind:
+                log.info("frontend %s (%s) listening on %s%s", fe.name, fe.mode, bind.address,
+                         " (tls)" if bind.tls is not None else "")
         log.info("started %d worker(s) (pids %s)", len(self._current()),
                  ", ".join(str(w.pid) for w in self._current()))
 

@@ -91,15 +91,15 @@ def inspect_path(path: str, directory: bool = True) -> list[str]:
         ctx.load_cert_chain(path, _key_file(path))
     except PermissionError:
         return [f"{path}: permission denied"]
-    except OSError as exc:
-        return [f"{path}: {exc.strerror or exc}"]
-    except ssl.SSLError as exc:
-        reason = exc.reason or str(exc)
-        if "KEY_VALUES_MISMATCH" in str(reason).upper():
+    except ssl.SSLError as exc:  # before OSError, its base class
+        reason = str(exc.reason or exc)
+        if "KEY_VALUES_MISMATCH" in reason.upper():
             return [f"{path}: the private key does not match the certificate"]
-        if reason in ("PEM_LIB", "NO_START_LINE") or "PEM" in str(reason):
+        if "PEM" in reason or "NO_START_LINE" in reason:
             return [f"{path}: not a PEM certificate chain with its private key ({reason})"]
         return [f"{path}: {reason}"]
+    except OSError as exc:
+        return [f"{path}: {exc.strerror or exc}"]
     try:
         if not names_of(path):
             return [f"{path}: the certificate names no host (no subjectAltName DNS entry, no CN)"]
@@ -117,7 +117,7 @@ def inspect_ca(path: str) -> str | None:
         return f"{path}: no such file"
     except PermissionError:
         return f"{path}: permission denied"
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError included
         return f"{path}: not a usable CA bundle ({getattr(exc, 'reason', None) or exc})"
     return None
 

@@ -70,6 +70,8 @@ class Proxy:
         for fe in doc.get("frontends", []):
             out = []
             for b in fe["bind"]:
+                if isinstance(b, dict):  # a bind object (TLS): {"address": ..., "tls": ...}
+                    b = b["address"]
                 host, _, port = b.rpartition(":")
                 host = host.strip("[]")
                 out.append(("127.0.0.1" if host in ("*", "", "0.0.0.0") else "::1" if host == "::" else host,
