@@ -150,7 +150,7 @@ def test_sni_selects_the_matching_certificate_wildcards_included(pki: dict[str, 
             continue
         with _handshake(port, name, ctx) as s:
             assert _sans(s) == expected
-    status, headers, body = _https_get(port, "site-b.test", ctx)
+    status, _headers, body = _https_get(port, "site-b.test", ctx)
     assert status == 200 and body.startswith(b"s1 GET /")
     req = be.requests[-1]
     assert req.header("X-Forwarded-Proto") == "https"
@@ -227,9 +227,10 @@ def test_tls_1_1_is_refused_and_1_2_accepted(pki: dict[str, Any], proxy: Any, ba
     if local != "TLSv1.1":
         pytest.skip(f"this OpenSSL cannot negotiate TLS 1.1 even locally ({versions})")
 
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     with pytest.raises((ssl.SSLError, ConnectionResetError)):
-        with old_client().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)):
-            pass
+        old_client().wrap_socket(raw).close()
+    raw.close()
     ctx = _client_ctx(pki)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with _handshake(port, "site-a.test", ctx) as s:
@@ -410,7 +411,7 @@ def test_reencryption_verifies_the_server(pki: dict[str, Any], proxy: Any, tls_b
     assert tls_backend.sni[-1] == "app.internal"
     # The connection is reused: a second request needs no new handshake.
     handshakes = len(tls_backend.sni)
-    from proxytest.client import connect, request, ResponseReader
+    from proxytest.client import ResponseReader, connect, request
 
     s = connect(port)
     reader = ResponseReader(s)
@@ -547,7 +548,7 @@ def test_certificate_reload_keeps_downloads_and_serves_the_new_one(pki: dict[str
         assert _ou(s2) == "renewed"
 
     # The old download completes over the old connection.
-    head, _, rest = got.partition(b"\r\n\r\n")
+    _head, _, rest = got.partition(b"\r\n\r\n")
     total = len(rest)
     s.settimeout(30)
     while total < size:
