@@ -231,8 +231,6 @@ class Timeouts(_Model):
     queue: Duration | None = None
     tunnel: Duration | None = None
     check: Duration | None = None
-    client_fin: Duration | None = None
-    server_fin: Duration | None = None
 
 
 TIMEOUT_DEFAULTS = {
@@ -244,8 +242,6 @@ TIMEOUT_DEFAULTS = {
     "queue": 5.0,
     "tunnel": None,
     "check": None,
-    "client_fin": 10.0,
-    "server_fin": 10.0,
 }
 
 
@@ -258,8 +254,6 @@ class ResolvedTimeouts(_Model):
     queue: float
     tunnel: float | None
     check: float | None
-    client_fin: float
-    server_fin: float
 
 
 class HeaderCondition(_Model):
