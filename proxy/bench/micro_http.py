@@ -11,7 +11,6 @@ path: ``python proxy/bench/micro_http.py [-n 200000] [--profile]``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import pstats
 import time
