@@ -202,3 +202,11 @@ def test_view_headers_are_case_insensitive_first_value() -> None:
     assert v.header("X-Missing") is None
     assert v.header("Canary") is None  # no suffix matches
     assert str(v.src) == "127.0.0.1"
+
+
+def test_method_condition_matches_the_http_views_bytes_method() -> None:
+    """HttpClient.method is the raw request-line bytes (b"DELETE"); it must still match."""
+    m = cond({"method": ["delete", "PATCH"]})
+    assert m(Req(method=b"DELETE")) is True  # type: ignore[arg-type]
+    assert m(Req(method=b"GET")) is False  # type: ignore[arg-type]
+    assert m(Req(method="PATCH")) is True
