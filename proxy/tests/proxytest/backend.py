@@ -22,7 +22,8 @@ Every response names the backend (``X-Served-By``), the connection (``X-Conn``,
 an index into :attr:`Backend.connections`), the request number on it
 (``X-Req``), and the request body's length and SHA-256 (``X-Body-Length``,
 ``X-Body-Sha256``).  ``Expect: 100-continue`` gets ``100 Continue`` first unless
-``expect=ignore``.  ``stall_after=N&stall=S`` stops reading for S seconds once
+``expect=ignore``.  ``rh=Name: value|Other: value`` adds response headers.
+``stall_after=N&stall=S`` stops reading for S seconds once
 N request-body bytes arrived (backpressure tests).
 
 :class:`WsBackend` is a WebSocket echo server built on the ``websockets`` package.
@@ -76,13 +77,14 @@ def parse_size(text: str) -> int:
 
 
 def pattern(size: int, piece: int = len(BLOCK)) -> Iterator[bytes]:
-    """``size`` bytes of the repeating 0..255 pattern, in pieces of at most ``piece``."""
-    piece = min(piece, len(BLOCK))
-    left = size
-    while left > 0:
-        n = min(piece, left)
-        yield BLOCK[:n] if n < len(BLOCK) else BLOCK
-        left -= n
+    """``size`` bytes of the repeating 0..255 pattern (byte i is i % 256), in pieces."""
+    piece = min(piece, len(BLOCK) - 256)
+    offset = 0
+    while offset < size:
+        start = offset % 256
+        n = min(piece, size - offset)
+        yield BLOCK[start : start + n]
+        offset += n
 
 
 @functools.lru_cache(maxsize=32)
@@ -271,6 +273,7 @@ class _BackendConn(asyncio.Protocol):
         self.can_write.set()
         self.task: asyncio.Task[None] | None = None
         self.inflight: set[int] = set()  # id() of requests whose head arrived, not yet answered
+        self.drop_next = False  # set by a test: close on the next bytes, unanswered
 
     # -- asyncio ------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -314,12 +317,17 @@ class _BackendConn(asyncio.Protocol):
             rec.data += data[:room]
         if self.broken:
             return
+        if self.drop_next:
+            # As a server whose keep-alive timeout fires just as a request arrives.
+            self.broken = True
+            self.transport.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            rec.errors.append("unexpected upgrade")
+            # An Upgrade this server does not do: answer the request normally (it was
+            # queued complete) and ignore whatever follows on the connection.
             self.broken = True
-            self._fail(b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         except httptools.HttpParserError as exc:
             rec.errors.append(f"parse error: {exc}")
             self.broken = True
@@ -427,6 +435,7 @@ class _BackendConn(asyncio.Protocol):
             f"X-Body-Length: {req.body_len}",
             f"X-Body-Sha256: {req.body_sha256}",
             *extra,
+            *(h for h in req.query.get("rh", "").split("|") if h),
         ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
