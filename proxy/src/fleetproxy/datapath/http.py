@@ -156,6 +156,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         return ipaddress.ip_address(self.src_ip)
 
     sni = None
+    server_eof = False  # the server half-closed a tunnel (set per connection when it does)
 
     def header(self, name: str) -> str | None:
         value = self.header_bytes(name.encode("latin-1"))
@@ -207,6 +208,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         up = self.upstream
         if self.state == TUNNEL and up is not None and up.transport.can_write_eof():
             up.transport.write_eof()
+            if self.server_eof:  # both directions are finished
+                self._close()
+                return False
         # Keep the connection to send the response; close after it.
         self.keep_client = False
         return True
@@ -873,6 +877,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._response_done(reusable=False)
             return False
         if rstate == R_TUNNEL:
+            self.server_eof = True
             if self.transport is not None and self.transport.can_write_eof():
                 self.transport.write_eof()
             if self.client_eof:
