@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from proxytest.client import Client, ResponseReader, connect, exchange, get, read_until_close, request
@@ -634,6 +635,31 @@ def test_maxconn_excess_connections_wait_and_are_not_reset(proxy: Any, backend: 
     assert time.monotonic() - t0 >= 3 * 0.8 - 0.2  # three rounds of two (at most) at a time
 
 
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_maxconn_holds_under_a_burst_of_connections(proxy: Any, backend: Any, port: Any, loop: str) -> None:
+    """Connections arriving together are accepted in one batch by the event loop: still
+    at most maxconn are served at once, the others wait (also if they half-close or give
+    up meanwhile), and no slot leaks."""
+    a = backend("a", "slow", delay=0.6)
+    cfg = http_config(port(), [server("a", a)], frontend={"maxconn": 2, "backlog": 64})
+    p = proxy(cfg, event_loop=loop)
+    socks = [connect(p.port()) for _ in range(8)]
+    for i, s in enumerate(socks):
+        s.sendall(request("GET", f"/{i}"))
+    socks[3].shutdown(socket.SHUT_WR)  # a client that half-closes after its request
+    socks[6].close()  # two that give up while waiting
+    socks[7].close()
+    results = {}
+    for i, s in enumerate(socks[:6]):
+        results[i] = ResponseReader(s).read_one(timeout=10).status
+        s.close()
+    assert results == dict.fromkeys(range(6), 200)
+    assert a.max_active <= 2, a.max_active
+    a.reset()
+    assert [r.status for r in _concurrent(p.port(), ["/x", "/y"])] == [200, 200]
+    assert a.max_active == 2  # both slots are free again
+
+
 def test_server_maxconn_queues_requests(proxy: Any, backend: Any, port: Any) -> None:
     a = backend("a", "slow", delay=0.4)
     p = proxy(http_config(port(), [server("a", a, maxconn=1)], defaults={"timeouts": {"queue": "5s"}}))
@@ -701,7 +727,7 @@ def test_response_hop_by_hop_headers_are_removed(proxy: Any, backend: Any, port:
     p = proxy(http_config(port(), [server("a", a)]))
     rh = "Connection: X-Private|X-Private: 1|Keep-Alive: timeout=5|Proxy-Connection: x|Trailer: X|X-Kept: yes"
     with Client(p.port()) as c:
-        r = c.request("GET", f"/?rh={rh}")
+        r = c.request("GET", f"/?rh={quote(rh)}")
         assert r.status == 200
         for name in ("x-private", "keep-alive", "proxy-connection", "trailer"):
             assert r.header(name) is None, (name, r.headers)
