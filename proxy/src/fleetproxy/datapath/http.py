@@ -186,7 +186,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.fwd = (b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b"") + (
             b"X-Forwarded-Proto: http\r\n"
         )
-        self.worker.conn_opened(self)
+        if not self.worker.conn_opened(self):
+            return  # over maxconn: parked by the worker, which calls connection_made again
         self.t_start = self._loop.time()
         self._arm(fe.timeouts.http_request, T_REQUEST)
 

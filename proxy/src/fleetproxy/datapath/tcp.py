@@ -95,9 +95,10 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             ip = ip[7:]
         self.src_ip = ip
         self.peer = f"{ip}:{peer[1]}" if peer else "-"
+        if not self.worker.conn_opened(self):
+            return  # over maxconn: parked by the worker, which calls connection_made again
         self.t_start = self.t_mark = self._loop.time()
         self.wall = time.time()
-        self.worker.conn_opened(self)
         fe = self.frontend
         fe.requests += 1
         backend = fe.route(self)
