@@ -14,8 +14,9 @@ mode:
 ``hang``     never answers
 ``close``    as ``small`` with ``Connection: close``, then closes
 ``eof``      no Content-Length: the body ends when the connection closes
-``bad``      one of :data:`BAD_RESPONSES` (``kind=NAME``), then closes;
-             ``split=S`` sends the head first and the rest S seconds later
+``bad``      one of :data:`BAD_RESPONSES` (``kind=NAME``); the connection stays
+             open after invalid framing (the proxy must drop it) and closes after a
+             close-delimited body; ``split=S`` sends the head, the rest S seconds later
 ``reset``    aborts the connection without answering
 
 Every response names the backend (``X-Served-By``), the connection (``X-Conn``,
@@ -461,7 +462,9 @@ class _BackendConn(asyncio.Protocol):
                 await asyncio.sleep(split)
                 raw = raw[end:]
             await self._write(raw)
-            return False
+            # Invalid framing: stay connected, so a test sees that the proxy drops the
+            # connection; a legal close-delimited body must end with the connection.
+            return q.get("kind", "garbage") in INVALID_RESPONSES or q.get("kind") == "extra-bytes"
         status = int(q.get("status", "200"))
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         if mode in ("small", "close", "eof"):

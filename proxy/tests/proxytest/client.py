@@ -234,3 +234,15 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def parse_first(raw: bytes) -> Response:
+    """The first complete response in ``raw`` (AssertionError if there is none)."""
+    reader = ResponseReader(None)  # type: ignore[arg-type]
+    try:
+        reader.feed(raw)
+    except httptools.HttpParserError:
+        pass  # whatever follows the first response
+    if reader.done:
+        return reader.done[0]
+    raise AssertionError(f"no complete response in {raw[:300]!r}")
