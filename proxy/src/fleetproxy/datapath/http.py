@@ -810,10 +810,14 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 self._arm(self.backend.timeouts.server, T_SERVER)
         elif rstate == R_CHUNKED:
             self.rchunks = ChunkedEnd()
-            self.transport.write(head)
             if rest:
-                self._response_chunks(rest)
+                # Chunks that came with the head are checked before the head goes out,
+                # so that invalid framing there is still a 502.
+                self.resp_started = False
+                self.bytes_out -= len(head)
+                self._response_chunks(rest, head)
             else:
+                self.transport.write(head)
                 self._arm(self.backend.timeouts.server, T_SERVER)
         else:
             self.keep_client = False
@@ -831,7 +835,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.transport.write(part)
             self.bytes_out += len(part)
 
-    def _response_chunks(self, data: bytes) -> None:
+    def _response_chunks(self, data: bytes, head: bytes = b"") -> None:
         up = self.upstream
         assert up is not None and self.rchunks is not None
         try:
@@ -848,8 +852,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         if e >= 0 and not up.mc:
             self._bad_response()
             return
-        self.transport.write(part)
-        self.bytes_out += len(part)
+        if head:
+            self.resp_started = True
+            self.bytes_out += len(head)
+            self._write_head_and(head, part)
+        else:
+            self.transport.write(part)
+            self.bytes_out += len(part)
         if e >= 0:
             self._response_done(reusable=e == len(data))
 
