@@ -536,3 +536,77 @@ class WsBackend(_LoopThread):
         self.server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+class TcpBackend(_LoopThread):
+    """A raw TCP server for TCP-mode tests; records connections and bytes like :class:`Backend`.
+
+    ``echo``        echoes everything; when the client half-closes it sends
+                    ``"EOF <name> <bytes received>\\n"`` and closes.
+    ``server-first`` sends ``"hello <name>\\n"`` and half-closes at once, keeps reading,
+                    and closes when the client half-closes.
+    ``sink``        reads and counts; on the client's FIN answers the count and closes.
+    """
+
+    def __init__(self, name: str, mode: str = "echo") -> None:
+        self.name = name
+        self.mode = mode
+        self.port = 0
+        self.connections: list[ConnRecord] = []
+        self.total_bytes = 0
+        self.conn_count = 0
+        self._protocols: set[_TcpConn] = set()
+
+    async def _serve(self) -> None:
+        self.server = await self.loop.create_server(lambda: _TcpConn(self), self.host, 0, backlog=1024)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        self.server.close()
+        for proto in list(self._protocols):
+            proto.transport.abort()
+        await asyncio.sleep(0)
+
+    def open_connections(self) -> list[ConnRecord]:
+        return [c for c in self.connections if c.closed is None]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        return Backend.wait_for(self, predicate, timeout)  # type: ignore[arg-type]
+
+
+class _TcpConn(asyncio.Protocol):
+    def __init__(self, backend: TcpBackend) -> None:
+        self.b = backend
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        b = self.b
+        self.rec = ConnRecord(index=b.conn_count, peer=transport.get_extra_info("peername"))
+        b.conn_count += 1
+        b.connections.append(self.rec)
+        b._protocols.add(self)
+        if b.mode == "server-first":
+            transport.write(f"hello {b.name}\n".encode())
+            transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        rec = self.rec
+        self.b.total_bytes += len(data)
+        rec.nbytes += len(data)
+        room = RECORD_LIMIT - len(rec.data)
+        if room > 0:
+            rec.data += data[:room]
+        if self.b.mode == "echo":
+            self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.rec.eof = True
+        if self.b.mode in ("echo", "sink"):
+            self.transport.write(f"EOF {self.b.name} {self.rec.nbytes}\n".encode())
+        self.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.rec.closed = time.monotonic()
+        self.b._protocols.discard(self)
