@@ -14,7 +14,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from proxytest.backend import INVALID_RESPONSES
-from proxytest.client import Client, ResponseReader, connect, parse_first, read_until_close, request, status_of
+from proxytest.client import (
+    Client,
+    ResponseReader,
+    connect,
+    parse_first,
+    read_until_close,
+    request,
+    status_of,
+)
 from proxytest.configs import http_config, server
 from proxytest.proxy import free_port
 
@@ -211,7 +219,7 @@ def test_bytes_after_a_complete_response_drop_the_connection(upstream: tuple[Any
 def test_close_delimited_response_with_non_final_chunked(upstream: tuple[Any, Any]) -> None:
     """Transfer-Encoding without a final chunked in a *response* is legal: the body runs
     until the server closes (RFC 9112 6.3)."""
-    p, b = upstream
+    p, _b = upstream
     with connect(p.port()) as s:
         s.sendall(request("GET", "/?mode=bad&kind=te-not-final"))
         raw, closed = read_until_close(s, 5)
@@ -355,13 +363,13 @@ def test_property_random_request_heads(fuzz: tuple[Any, Any, dict[int, int]], he
         validated[conn.index] = start
         assert not conn.errors, (conn.errors, data[-500:])
     for req in b.requests:
-        for name, value in req.headers:
+        for name, _value in req.headers:
             assert name.lower() not in (b"connection", b"keep-alive", b"te", b"trailer", b"proxy-connection")
     assert p.running()
 
 
 def test_property_proxy_still_serves_after_fuzzing(fuzz: tuple[Any, Any, dict[int, int]]) -> None:
-    p, b, _ = fuzz
+    p, _b, _ = fuzz
     with Client(p.port()) as c:
         assert c.request("GET", "/still-alive").status == 200
     assert "Traceback" not in p.stderr() and "Error" not in p.stderr(), p.stderr()[-3000:]

@@ -14,7 +14,15 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from proxytest.client import Client, ResponseReader, connect, exchange, get, read_until_close, request
+from proxytest.client import (
+    Client,
+    ResponseReader,
+    connect,
+    exchange,
+    get,
+    read_until_close,
+    request,
+)
 from proxytest.configs import http_config, server
 from proxytest.proxy import free_port
 
@@ -493,7 +501,7 @@ def test_http_request_timeout_covers_a_trickled_head(proxy: Any, backend: Any, p
             time.sleep(0.05)
             if time.monotonic() - t0 > 4:
                 break
-        data, closed = read_until_close(s, timeout=3)
+        data, _closed = read_until_close(s, timeout=3)
         got += data
     assert got.startswith(b"HTTP/1.1 408 ")
     assert a.total_bytes == 0
@@ -784,7 +792,7 @@ def test_hard_stop_after_bounds_the_graceful_stop(proxy: Any, backend: Any, port
     p.signal(signal.SIGTERM)
     assert p.wait(10) == 0
     assert 0.6 < time.monotonic() - t0 < 4
-    data, closed = read_until_close(s, timeout=2)
+    _data, closed = read_until_close(s, timeout=2)
     assert closed
     s.close()
     assert "hard_stop_after" in p.stderr()

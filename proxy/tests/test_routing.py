@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from fleetproxy.config import parse
 from fleetproxy.datapath.http import HttpClient
 from fleetproxy.routing import compile_condition, compile_rules, uses
@@ -92,7 +93,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("c", "req", "expected"), CASES, ids=[f"{i}-{list(c)[0]}" for i, (c, _, _) in enumerate(CASES)])
+@pytest.mark.parametrize(("c", "req", "expected"), CASES, ids=[f"{i}-{next(iter(c))}" for i, (c, _, _) in enumerate(CASES)])
 def test_condition(c: dict[str, Any], req: Req, expected: bool) -> None:
     assert cond(c)(req) is expected
 

@@ -101,7 +101,7 @@ def test_tcp_connection_ends_when_both_sides_closed(proxy: Any, backend: Any, po
     s = dial(p.port())
     assert recv_exact(s, 8) == b"hello f\n"
     s.shutdown(socket.SHUT_WR)
-    data, closed = read_until_close(s, 5)
+    _data, closed = read_until_close(s, 5)
     s.close()
     assert closed
     line = p.wait_log(1)[0]
@@ -187,7 +187,7 @@ def test_tcp_idle_timeout(proxy: Any, backend: Any, port: Any) -> None:
         s.sendall(b"x")
         assert recv_exact(s, 1) == b"x"
         t0 = time.monotonic()
-        data, closed = read_until_close(s, 5)
+        _data, closed = read_until_close(s, 5)
         assert closed and 0.3 < time.monotonic() - t0 < 3
     assert e.wait_for(lambda: not e.open_connections(), 3)
     m = TCPLOG.match(p.wait_log(1)[0])
