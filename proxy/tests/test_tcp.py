@@ -95,6 +95,18 @@ def test_server_half_close_reaches_the_client(proxy: Any, backend: Any, port: An
     assert bytes(f.connections[0].data) == b"late data after the server's FIN"
 
 
+def test_server_greeting_is_never_lost(proxy: Any, backend: Any, port: Any) -> None:
+    """Server-first protocols (SMTP, MySQL): the greeting, and even the server's FIN, may
+    arrive before the proxy has finished setting up the server connection."""
+    f = backend.tcp("f", "server-first")
+    p = proxy(tcp_config(port(), [server("f", f)]))
+    for _ in range(40):
+        with dial(p.port()) as s:
+            s.shutdown(socket.SHUT_WR)
+            data, closed = read_until_close(s, 5)
+            assert (data, closed) == (b"hello f\n", True)
+
+
 def test_tcp_connection_ends_when_both_sides_closed(proxy: Any, backend: Any, port: Any) -> None:
     f = backend.tcp("f", "server-first")
     p = proxy(tcp_config(port(), [server("f", f)]))
