@@ -5,16 +5,18 @@ a server that speaks (or closes) before its connection is handed to the client."
 from __future__ import annotations
 
 import asyncio
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fleetproxy.config import parse
 from fleetproxy.datapath.common import ERROR_PAGES, ChunkedEnd, connection_tokens, strip_headers
 from fleetproxy.datapath.tcp import TcpClient
 from fleetproxy.runtime import Runtime
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
@@ -35,7 +37,7 @@ def test_chunked_end_is_found_at_any_split(pieces: list[bytes], trailers: bytes,
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     finder = ChunkedEnd()
     end = None
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         e = finder.feed(data[lo:hi])
         if e >= 0:
             end = lo + e
