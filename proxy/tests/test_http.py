@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -679,6 +680,27 @@ def test_server_maxconn_queues_requests(proxy: Any, backend: Any, port: Any) -> 
     assert tw[0] < 100 and tw[-1] >= 3 * 400 - 150, lines  # Tw: time spent in the queue
 
 
+def test_client_reset_releases_its_server_slot_and_connection(proxy: Any, backend: Any, port: Any) -> None:
+    a = backend("a", "slow", delay=3)
+    p = proxy(http_config(port(), [server("a", a, maxconn=1)], defaults={"timeouts": {"queue": "5s"}}))
+    inflight = connect(p.port())
+    inflight.sendall(request("GET", "/inflight"))
+    assert a.wait_for(lambda: a.active == 1, 5)
+    queued = connect(p.port())
+    queued.sendall(request("GET", "/queued"))
+    time.sleep(0.2)
+    for s in (queued, inflight):  # RST, not FIN: the clients are gone
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    assert a.wait_for(lambda: a.connections[0].eof, 1.5)  # the proxy closed the server side
+    t0 = time.monotonic()
+    r = get(p.port(), "/after?delay=0")
+    assert r.status == 200 and time.monotonic() - t0 < 1.5  # the slot was free, not held for 3 s
+    assert [q.path for q in a.requests] == ["/inflight", "/after"]  # "/queued" never went out
+    lines = p.wait_log(3)
+    assert sum(" CH--" in line for line in lines) == 2, lines
+
+
 def test_queue_timeout_is_503(proxy: Any, backend: Any, port: Any) -> None:
     a = backend("a", "slow", delay=1.5)
     p = proxy(http_config(port(), [server("a", a, maxconn=1)], defaults={"timeouts": {"queue": "300ms"}}))
@@ -688,6 +710,22 @@ def test_queue_timeout_is_503(proxy: Any, backend: Any, port: Any) -> None:
     assert len(a.requests) == 1
     lines = p.wait_log(3)
     assert sum(" sQ--" in line for line in lines) == 2, lines
+
+
+def test_ipv6_and_dual_stack_binds(proxy: Any, backend: Any, port: Any) -> None:
+    a = backend("a")
+    dual, v6 = port(), port("::1")
+    p = proxy(http_config(dual, [server("a", a)], frontend={
+        "bind": [f"[::]:{dual}", f"[::1]:{v6}"],
+        "rules": [{"if": {"src": "127.0.0.0/8"}, "use_backend": "be"}]}))
+    assert get(dual, "/v4").status == 200  # an IPv4 client on the [::] listener
+    assert a.requests[-1].header("X-Forwarded-For") == "127.0.0.1"  # not ::ffff:127.0.0.1
+    with socket.create_connection(("::1", v6), timeout=5) as s:
+        s.sendall(request("GET", "/v6"))
+        assert ResponseReader(s).read_one().status == 200
+    assert a.requests[-1].header("X-Forwarded-For") == "::1"
+    lines = p.wait_log(2)
+    assert lines[0].startswith("127.0.0.1:") and lines[1].startswith("::1:")
 
 
 # --------------------------------------------------------------------------
