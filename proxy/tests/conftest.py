@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxytest.backend import Backend, WsBackend
+from proxytest.backend import Backend, TcpBackend, WsBackend
 from proxytest.proxy import Proxy, free_port
 
 
@@ -31,6 +31,11 @@ class _Backends:
         self.started.append(b)
         return b
 
+    def tcp(self, name: str, mode: str = "echo") -> TcpBackend:
+        b = TcpBackend(name, mode).start()
+        self.started.append(b)
+        return b
+
     def stop(self) -> None:
         for b in self.started:
             b.stop()
@@ -39,7 +44,8 @@ class _Backends:
 @pytest.fixture
 def backend() -> Iterator[_Backends]:
     """``backend(name, mode="small", **query_defaults)`` -> a started :class:`Backend`;
-    ``backend.ws()`` -> a WebSocket echo backend.  All are stopped after the test."""
+    ``backend.ws()`` -> a WebSocket echo backend; ``backend.tcp(name, mode)`` -> a raw
+    TCP backend.  All are stopped after the test."""
     factory = _Backends()
     yield factory
     factory.stop()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from fleetproxy import balance
 from fleetproxy.config import parse
 from fleetproxy.runtime import DOWN, DRAIN, MAINT, UP, Backend, Runtime

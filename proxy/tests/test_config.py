@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from fleetproxy.config import Config, ConfigError, load, loads, parse, parse_duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from fleetproxy.config import Config, ConfigError, load, loads, parse, parse_duration
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from fleetproxy.config import parse
 from fleetproxy.datapath.http import HttpClient
 from fleetproxy.routing import compile_condition, compile_rules, uses
@@ -92,7 +93,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("c", "req", "expected"), CASES, ids=[f"{i}-{list(c)[0]}" for i, (c, _, _) in enumerate(CASES)])
+@pytest.mark.parametrize(("c", "req", "expected"), CASES, ids=[f"{i}-{next(iter(c))}" for i, (c, _, _) in enumerate(CASES)])
 def test_condition(c: dict[str, Any], req: Req, expected: bool) -> None:
     assert cond(c)(req) is expected
 
@@ -202,3 +203,11 @@ def test_view_headers_are_case_insensitive_first_value() -> None:
     assert v.header("X-Missing") is None
     assert v.header("Canary") is None  # no suffix matches
     assert str(v.src) == "127.0.0.1"
+
+
+def test_method_condition_matches_the_http_views_bytes_method() -> None:
+    """HttpClient.method is the raw request-line bytes (b"DELETE"); it must still match."""
+    m = cond({"method": ["delete", "PATCH"]})
+    assert m(Req(method=b"DELETE")) is True  # type: ignore[arg-type]
+    assert m(Req(method=b"GET")) is False  # type: ignore[arg-type]
+    assert m(Req(method="PATCH")) is True

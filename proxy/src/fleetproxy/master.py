@@ -148,11 +148,14 @@ class Master:
         for w in self.workers:
             w.stopping = True
             w.send({"op": "stop", "hard_stop_after": hard})
+        # The workers close their copies at once; closing ours too makes the kernel
+        # refuse new connections instead of queueing them for nobody.
+        for sock in self.listeners.values():
+            sock.close()
+        self.listeners.clear()
         await self._wait_exit(self.workers, hard + 5)
         if self.admin is not None:
             await self.admin.stop()
-        for sock in self.listeners.values():
-            sock.close()
         self._save_now()
 
     def _current(self) -> list[WorkerHandle]:

@@ -4,7 +4,9 @@ A :class:`Worker` owns one event loop, the live :class:`~fleetproxy.runtime.Runt
 and the listening sockets of every frontend.  When ``global.maxconn`` (or a
 frontend's ``maxconn``) is reached the listener stops accepting, so further
 clients wait in the kernel's accept backlog instead of being reset, and it
-accepts again as soon as a connection ends.
+accepts again as soon as a connection ends.  The event loop accepts in batches,
+so a few connections may arrive after the limit was reached: those are parked
+(:class:`Parked`: not read, not served, no timers) until a slot frees.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -163,6 +166,7 @@ class Worker:
         self.clients: set[Any] = set()
         self.stopping = False
         self.listeners: list[Listener] = []
+        self.parked: deque[Parked] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained = asyncio.Event()
         # Hooks the worker process sets to report to the master.
@@ -228,6 +232,9 @@ class Worker:
         self.stopping = True
         for listener in self.listeners:
             listener.close()
+        parked, self.parked = self.parked, deque()
+        for p in parked:
+            p.close()
         for client in list(self.clients):
             client.stop_if_idle()
         if self.clients:
@@ -247,10 +254,14 @@ class Worker:
         self.log.close()
 
     # -- connection accounting -------------------------------------------------------
-    def conn_opened(self, client: Any) -> None:
+    def conn_opened(self, client: Any) -> bool:
+        """Count a new connection; False if over a limit (then it is parked)."""
+        fe = client.frontend
+        if self.conns >= self.maxconn or (fe.maxconn and fe.conns >= fe.maxconn):
+            self.parked.append(Parked(client))
+            return False
         self.clients.add(client)
         self.conns += 1
-        fe = client.frontend
         fe.conns += 1
         if fe.conns > fe.max_conns:
             fe.max_conns = fe.conns
@@ -262,6 +273,7 @@ class Worker:
             for listener in self.listeners:
                 if listener.frontend is fe:
                     listener.set_accepting(False)
+        return True
 
     def conn_closed(self, client: Any) -> None:
         if client not in self.clients:
@@ -274,13 +286,24 @@ class Worker:
             if not self.clients:
                 self._drained.set()
             return
+        parked = self.parked
+        for _ in range(len(parked)):
+            if self.conns >= self.maxconn:
+                break
+            p = parked.popleft()
+            if p.lost:
+                continue
+            pfe = p.client.frontend
+            if pfe.maxconn and pfe.conns >= pfe.maxconn:
+                parked.append(p)
+                continue
+            p.admit()
         if self.conns < self.maxconn:
             for listener in self.listeners:
                 if not listener.want_accepting:
                     lfe = listener.frontend
                     if not lfe.maxconn or lfe.conns < lfe.maxconn:
                         listener.set_accepting(True)
-
 
     # -- runtime changes from the master ---------------------------------------------
     def shutdown_sessions(self, backend: str, server: str) -> int:
@@ -315,6 +338,45 @@ class Worker:
                 for s in rt.servers()
             },
         }
+
+
+class Parked(asyncio.Protocol):
+    """A connection accepted past maxconn: it holds the transport, reads at most one
+    chunk (then pauses), and hands everything to the real protocol when admitted."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.transport = client.transport
+        self.data: list[bytes] = []
+        self.eof = False
+        self.lost = False
+        self.transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+        self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def admit(self) -> None:
+        client, transport = self.client, self.transport
+        transport.set_protocol(client)
+        transport.resume_reading()
+        client.connection_made(transport)  # counted by conn_opened this time
+        if self.data:
+            client.data_received(b"".join(self.data))
+        if self.eof and client.transport is not None and not client.eof_received():
+            transport.close()
+
+    def close(self) -> None:
+        if not self.lost:
+            self.transport.close()
+
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:

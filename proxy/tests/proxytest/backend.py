@@ -14,15 +14,17 @@ mode:
 ``hang``     never answers
 ``close``    as ``small`` with ``Connection: close``, then closes
 ``eof``      no Content-Length: the body ends when the connection closes
-``bad``      one of :data:`BAD_RESPONSES` (``kind=NAME``), then closes;
-             ``split=S`` sends the head first and the rest S seconds later
+``bad``      one of :data:`BAD_RESPONSES` (``kind=NAME``); the connection stays
+             open after invalid framing (the proxy must drop it) and closes after a
+             close-delimited body; ``split=S`` sends the head, the rest S seconds later
 ``reset``    aborts the connection without answering
 
 Every response names the backend (``X-Served-By``), the connection (``X-Conn``,
 an index into :attr:`Backend.connections`), the request number on it
 (``X-Req``), and the request body's length and SHA-256 (``X-Body-Length``,
 ``X-Body-Sha256``).  ``Expect: 100-continue`` gets ``100 Continue`` first unless
-``expect=ignore``.  ``stall_after=N&stall=S`` stops reading for S seconds once
+``expect=ignore``.  ``rh=Name: value|Other: value`` adds response headers.
+``stall_after=N&stall=S`` stops reading for S seconds once
 N request-body bytes arrived (backpressure tests).
 
 :class:`WsBackend` is a WebSocket echo server built on the ``websockets`` package.
@@ -76,13 +78,14 @@ def parse_size(text: str) -> int:
 
 
 def pattern(size: int, piece: int = len(BLOCK)) -> Iterator[bytes]:
-    """``size`` bytes of the repeating 0..255 pattern, in pieces of at most ``piece``."""
-    piece = min(piece, len(BLOCK))
-    left = size
-    while left > 0:
-        n = min(piece, left)
-        yield BLOCK[:n] if n < len(BLOCK) else BLOCK
-        left -= n
+    """``size`` bytes of the repeating 0..255 pattern (byte i is i % 256), in pieces."""
+    piece = min(piece, len(BLOCK) - 256)
+    offset = 0
+    while offset < size:
+        start = offset % 256
+        n = min(piece, size - offset)
+        yield BLOCK[start : start + n]
+        offset += n
 
 
 @functools.lru_cache(maxsize=32)
@@ -271,6 +274,7 @@ class _BackendConn(asyncio.Protocol):
         self.can_write.set()
         self.task: asyncio.Task[None] | None = None
         self.inflight: set[int] = set()  # id() of requests whose head arrived, not yet answered
+        self.drop_next = False  # set by a test: close on the next bytes, unanswered
 
     # -- asyncio ------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -314,12 +318,17 @@ class _BackendConn(asyncio.Protocol):
             rec.data += data[:room]
         if self.broken:
             return
+        if self.drop_next:
+            # As a server whose keep-alive timeout fires just as a request arrives.
+            self.broken = True
+            self.transport.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            rec.errors.append("unexpected upgrade")
+            # An Upgrade this server does not do: answer the request normally (it was
+            # queued complete) and ignore whatever follows on the connection.
             self.broken = True
-            self._fail(b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         except httptools.HttpParserError as exc:
             rec.errors.append(f"parse error: {exc}")
             self.broken = True
@@ -427,6 +436,7 @@ class _BackendConn(asyncio.Protocol):
             f"X-Body-Length: {req.body_len}",
             f"X-Body-Sha256: {req.body_sha256}",
             *extra,
+            *(h for h in req.query.get("rh", "").split("|") if h),
         ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -452,7 +462,9 @@ class _BackendConn(asyncio.Protocol):
                 await asyncio.sleep(split)
                 raw = raw[end:]
             await self._write(raw)
-            return False
+            # Invalid framing: stay connected, so a test sees that the proxy drops the
+            # connection; a legal close-delimited body must end with the connection.
+            return q.get("kind", "garbage") in INVALID_RESPONSES or q.get("kind") == "extra-bytes"
         status = int(q.get("status", "200"))
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         if mode in ("small", "close", "eof"):
@@ -524,3 +536,77 @@ class WsBackend(_LoopThread):
         self.server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.server.wait_closed(), 2)
+
+
+class TcpBackend(_LoopThread):
+    """A raw TCP server for TCP-mode tests; records connections and bytes like :class:`Backend`.
+
+    ``echo``        echoes everything; when the client half-closes it sends
+                    ``"EOF <name> <bytes received>\\n"`` and closes.
+    ``server-first`` sends ``"hello <name>\\n"`` and half-closes at once, keeps reading,
+                    and closes when the client half-closes.
+    ``sink``        reads and counts; on the client's FIN answers the count and closes.
+    """
+
+    def __init__(self, name: str, mode: str = "echo") -> None:
+        self.name = name
+        self.mode = mode
+        self.port = 0
+        self.connections: list[ConnRecord] = []
+        self.total_bytes = 0
+        self.conn_count = 0
+        self._protocols: set[_TcpConn] = set()
+
+    async def _serve(self) -> None:
+        self.server = await self.loop.create_server(lambda: _TcpConn(self), self.host, 0, backlog=1024)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        self.server.close()
+        for proto in list(self._protocols):
+            proto.transport.abort()
+        await asyncio.sleep(0)
+
+    def open_connections(self) -> list[ConnRecord]:
+        return [c for c in self.connections if c.closed is None]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        return Backend.wait_for(self, predicate, timeout)  # type: ignore[arg-type]
+
+
+class _TcpConn(asyncio.Protocol):
+    def __init__(self, backend: TcpBackend) -> None:
+        self.b = backend
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        b = self.b
+        self.rec = ConnRecord(index=b.conn_count, peer=transport.get_extra_info("peername"))
+        b.conn_count += 1
+        b.connections.append(self.rec)
+        b._protocols.add(self)
+        if b.mode == "server-first":
+            transport.write(f"hello {b.name}\n".encode())
+            transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        rec = self.rec
+        self.b.total_bytes += len(data)
+        rec.nbytes += len(data)
+        room = RECORD_LIMIT - len(rec.data)
+        if room > 0:
+            rec.data += data[:room]
+        if self.b.mode == "echo":
+            self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.rec.eof = True
+        if self.b.mode in ("echo", "sink"):
+            self.transport.write(f"EOF {self.b.name} {self.rec.nbytes}\n".encode())
+        self.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.rec.closed = time.monotonic()
+        self.b._protocols.discard(self)

@@ -194,3 +194,55 @@ def status_of(raw: bytes) -> int:
         return int(raw[9:12])
     except ValueError:
         return 0
+
+
+class Client:
+    """One keep-alive client connection (optionally from another loopback source address)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, keep_body: bool = True) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = ResponseReader(self.sock, keep_body=keep_body)
+        self.timeout = timeout
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, method: str = "GET", target: str = "/", headers: list[tuple[str, str]] | None = None,
+                body: bytes = b"", host: str | None = "test.local", version: str = "HTTP/1.1") -> Response:
+        self.send(request(method, target, host=host, headers=headers, body=body, version=version))
+        return self.reader.read_one(self.timeout)
+
+    def read(self, n: int = 1, timeout: float | None = None) -> list[Response]:
+        return self.reader.read(n, timeout or self.timeout)
+
+    def closed_by_peer(self, timeout: float = 2.0) -> bool:
+        """True if the proxy closes this connection within ``timeout`` (nothing else arriving)."""
+        if self.reader.eof:
+            return True
+        data, closed = read_until_close(self.sock, timeout)
+        assert not data, f"unexpected bytes after the response: {data[:200]!r}"
+        return closed
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_first(raw: bytes) -> Response:
+    """The first complete response in ``raw`` (AssertionError if there is none)."""
+    reader = ResponseReader(None)  # type: ignore[arg-type]
+    try:
+        reader.feed(raw)
+    except httptools.HttpParserError:
+        pass  # whatever follows the first response
+    if reader.done:
+        return reader.done[0]
+    raise AssertionError(f"no complete response in {raw[:300]!r}")

@@ -161,6 +161,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         return ipaddress.ip_address(self.src_ip)
 
     sni = None
+    server_eof = False  # the server half-closed a tunnel (set per connection when it does)
 
     def header(self, name: str) -> str | None:
         value = self.header_bytes(name.encode("latin-1"))
@@ -204,7 +205,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         else:
             fwd += b"X-Forwarded-Proto: http\r\n"
         self.fwd = fwd
-        self.worker.conn_opened(self)
+        if not self.worker.conn_opened(self):
+            return  # over maxconn: parked by the worker, which calls connection_made again
         self.t_start = self._loop.time()
         self._arm(fe.timeouts.http_request, T_REQUEST)
 
@@ -226,6 +228,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         up = self.upstream
         if self.state == TUNNEL and up is not None and up.transport.can_write_eof():
             up.transport.write_eof()
+            if self.server_eof:  # both directions are finished
+                self._close()
+                return False
         # Keep the connection to send the response; close after it.
         self.keep_client = False
         return True
@@ -880,10 +885,14 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 self._arm(self.backend.timeouts.server, T_SERVER)
         elif rstate == R_CHUNKED:
             self.rchunks = ChunkedEnd()
-            self.transport.write(head)
             if rest:
-                self._response_chunks(rest)
+                # Chunks that came with the head are checked before the head goes out,
+                # so that invalid framing there is still a 502.
+                self.resp_started = False
+                self.bytes_out -= len(head)
+                self._response_chunks(rest, head)
             else:
+                self.transport.write(head)
                 self._arm(self.backend.timeouts.server, T_SERVER)
         else:
             self.keep_client = False
@@ -901,7 +910,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.transport.write(part)
             self.bytes_out += len(part)
 
-    def _response_chunks(self, data: bytes) -> None:
+    def _response_chunks(self, data: bytes, head: bytes = b"") -> None:
         up = self.upstream
         assert up is not None and self.rchunks is not None
         try:
@@ -918,8 +927,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         if e >= 0 and not up.mc:
             self._bad_response()
             return
-        self.transport.write(part)
-        self.bytes_out += len(part)
+        if head:
+            self.resp_started = True
+            self.bytes_out += len(head)
+            self._write_head_and(head, part)
+        else:
+            self.transport.write(part)
+            self.bytes_out += len(part)
         if e >= 0:
             self._response_done(reusable=e == len(data))
 
@@ -948,6 +962,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._response_done(reusable=False)
             return False
         if rstate == R_TUNNEL:
+            self.server_eof = True
             if self.transport is not None and self.transport.can_write_eof():
                 self.transport.write_eof()
             if self.client_eof:

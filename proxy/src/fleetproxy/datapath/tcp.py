@@ -26,15 +26,29 @@ RETRY_TURNAROUND = 0.02
 class TcpUpstream(Upstream):
     """A server connection in TCP mode: every event goes to its client."""
 
-    __slots__ = ()
+    __slots__ = ("early",)
 
     def __init__(self, loop: Any, server: Any) -> None:
         super().__init__(loop, server, http=False)
+        self.early: list[bytes] | None = None
 
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is not None:
             client.upstream_data(data)
+        else:
+            # The server spoke first (a greeting) before its client was attached: keep it.
+            if self.early is None:
+                self.early = []
+            self.early.append(data)
+
+    def eof_received(self) -> bool:
+        if self.client is None:
+            if self.early is None:
+                self.early = []
+            self.early.append(b"")  # the server's FIN, delivered once attached
+            return True
+        return super().eof_received()
 
 
 class TcpClient(LazyTimer, asyncio.Protocol):
@@ -98,9 +112,10 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             ip = ip[7:]
         self.src_ip = ip
         self.peer = f"{ip}:{peer[1]}" if peer else "-"
+        if not self.worker.conn_opened(self):
+            return  # over maxconn: parked by the worker, which calls connection_made again
         self.t_start = self.t_mark = self._loop.time()
         self.wall = time.time()
-        self.worker.conn_opened(self)
         fe = self.frontend
         fe.requests += 1
         if fe.needs_sni:
@@ -196,7 +211,17 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             self.transport.resume_reading()
         if self.client_eof and conn.transport.can_write_eof():
             conn.transport.write_eof()
-        self._arm(self._idle_timeout(), T_IDLE)
+        if conn.early is not None:  # what the server sent (or its FIN) before we attached
+            early, conn.early = conn.early, None
+            for data in early:
+                if data:
+                    self.upstream_data(data)
+                else:
+                    self.upstream_eof()
+        if conn.closed:
+            self.upstream_lost(None)
+        if not self.closed:
+            self._arm(self._idle_timeout(), T_IDLE)
 
     def _connect_failed(self) -> None:
         server = self.server
