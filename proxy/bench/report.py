@@ -377,9 +377,10 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
             "- Proxies: HAProxy (nbthread 1), fleetproxy (`global.workers: 1`, access log `none`) and a naive "
             "aiohttp reverse proxy (`proxy/bench/naive_aiohttp.py`), with equivalent configurations: "
             "round robin over both backends, `X-Forwarded-For` appended and `X-Forwarded-Proto` set, the same "
-            "timeouts, no logging, HAProxy's default `http-reuse safe`. The generated configurations are kept "
-            "in the run's work directory.",
-            f"- Load: wrk, {meta['wrk']}; {meta['rounds']} rounds x {meta['duration']} s per scenario and "
+            "timeouts, no logging, HAProxy's default `http-reuse safe`. The generated configurations are at the "
+            "end of this file. nginx allows 10^6 requests per connection, so how often a proxy opens "
+            "server connections is up to the proxy.",
+            f"- Load: wrk, {meta['wrk']}; {meta['rounds']} round(s) x {meta['duration']} s per scenario and "
             f"proxy after a {meta['warmup']} s warm-up; the proxy order rotates every round.",
             f"- CPU placement: {placement}. The proxy under test gets a core of its own, so what is "
             "measured is the proxy, not its competition with the load generator; all proxies get the same "

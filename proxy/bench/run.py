@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration": f"{args.duration:g}", "warmup": f"{args.warmup:g}",
             "idle_settle": f"{args.idle_settle:g}",
             "wrk": f"{args.wrk_threads} thread(s), {args.connections} connections, --latency, 2 s timeout",
+            "idle_conns": str(args.idle_conns),
         }
         info = machine_info({k: v for k, v in versions.items() if k != "backends"})
         md = markdown(rows=rows, idle=idle, info=info, meta=meta, placement=placement, command=command,
