@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,11 +57,19 @@ class WrkResult:
     load_cpu_pct: float = 0.0  # wrk + backends
     other_cpu_pct: float = 0.0  # everything else busy on the machine (see CpuAccount)
     load_bound: bool = False  # the load side (wrk + backends) had no CPU to spare
+    server_conns: int = -1  # connections the backends accepted during the run (-1: unknown)
+    server_requests: int = -1  # requests the backends served during the run
     raw: str = field(default="", repr=False)
 
     @property
     def error_total(self) -> int:
         return sum(self.errors.values())
+
+    @property
+    def conns_per_1k(self) -> float:
+        """Server connections opened per 1000 responses: ~0 when the proxy reuses them."""
+        return 1000 * self.server_conns / self.requests if self.requests and self.server_conns >= 0 \
+            else float("nan")
 
     @property
     def per_core(self) -> float:
@@ -82,6 +91,7 @@ class Wrk:
     connections: int = 50
     timeout: str = "2s"
     backend_pids: list[int] = field(default_factory=list)
+    counters: Callable[[], tuple[int, int]] | None = None  # backends' (accepts, requests)
 
     def __post_init__(self) -> None:
         self.script = self.workdir / "fpb-wrk-done.lua"
@@ -99,10 +109,12 @@ class Wrk:
         for h in headers:
             argv += ["-H", h]
         argv.append(url)
+        before = self.counters() if self.counters else None
         account = CpuAccount(proxy_pid, self.backend_pids)
         account.start()
         r = run_capture(argv, cpus=self.placement.cpus("load"), timeout=duration + 60)
         cpu = account.stop()
+        after = self.counters() if self.counters else None
         load_cpus = self.placement.cpus("load")
         if load_cpus is not None:  # pinned: wrk + backends own the load CPUs
             load_bound = cpu["load"] >= 90 * len(load_cpus)
@@ -120,6 +132,8 @@ class Wrk:
             p50_ms=d["p50_us"] / 1e3, p90_ms=d["p90_us"] / 1e3, p99_ms=d["p99_us"] / 1e3,
             max_ms=d["max_us"] / 1e3, errors=errors, cpu_pct=cpu["proxy"],
             load_cpu_pct=cpu["load"], other_cpu_pct=cpu["other"], load_bound=load_bound,
+            server_conns=after[0] - before[0] if before and after else -1,
+            server_requests=after[1] - before[1] if before and after else -1,
             raw=r.stdout.split("FPB-JSON")[0] + r.stderr,
         )
 

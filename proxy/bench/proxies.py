@@ -203,11 +203,21 @@ class Fleetproxy(ProxyKind):
         return None if r.returncode == 0 else f"fleetproxy not runnable: {r.stderr.strip()}"
 
     def version(self) -> str:
-        r = subprocess.run([*self.command(), "--version"], capture_output=True, text=True, check=False)
-        version = r.stdout.strip().removeprefix("fleetproxy ")
-        git = subprocess.run(["git", "-C", str(BENCH_DIR), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, check=False).stdout.strip()
-        return f"{version} (git {git})" if git else version
+        """The package version and the commit of the source tree that runs (from its git)."""
+        r = subprocess.run([self.python, "-c", "import fleetproxy; print(fleetproxy.__version__); "
+                            "print(fleetproxy.__file__)"], capture_output=True, text=True, check=False)
+        lines = r.stdout.split()
+        if len(lines) < 2:
+            return "?"
+        version, src = lines[0], str(Path(lines[1]).parent)
+        git = ["git", "-C", src]
+        commit = subprocess.run([*git, "log", "-1", "--format=%h", "--", "."],
+                                capture_output=True, text=True, check=False).stdout.strip()
+        if not commit:
+            return version
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        return f"{version} (source at commit {commit}{', with uncommitted changes' if dirty else ''})"
 
     def render(self, topo: Topology, ports: dict[str, int], workdir: Path) -> Path:
         s = self.settings

@@ -23,8 +23,20 @@ def _response(body: bytes, ctype: bytes, close: bool) -> bytes:
             + (b"\r\nConnection: close" if close else b"") + b"\r\n\r\n" + body)
 
 
+STATUS_PATH = b"/fpb-status"
+COUNTS = {"accepts": 0, "requests": 0}
+
+
+def _status(close: bool) -> bytes:
+    """The counters in nginx's stub_status format."""
+    a, r = COUNTS["accepts"], COUNTS["requests"]
+    text = f"Active connections: 0\nserver accepts handled requests\n {a} {a} {r}\nReading: 0 Writing: 0 Waiting: 0\n"
+    return _response(text.encode(), b"text/plain", close)
+
+
 class Origin(asyncio.Protocol):
     def __init__(self, responses: dict[tuple[bytes, bool], bytes]) -> None:
+        COUNTS["accepts"] += 1
         self.responses = responses
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -49,7 +61,8 @@ class Origin(asyncio.Protocol):
         keep = self.parser.should_keep_alive()
         path = self.url.split(b"?", 1)[0]
         self.url = b""
-        resp = self.responses.get((path, not keep)) or (
+        COUNTS["requests"] += 1
+        resp = _status(not keep) if path == STATUS_PATH else self.responses.get((path, not keep)) or (
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
             + (b"Connection: close\r\n" if not keep else b"") + b"\r\n")
         self.transport.write(resp)

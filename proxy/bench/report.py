@@ -38,6 +38,7 @@ class Row:
     runs: dict[int, WrkResult]  # round -> result
     ref: dict[int, WrkResult] | None  # the reference proxy's runs, None for the reference itself
     verify_problems: list[str] = field(default_factory=list)
+    died: bool = False  # the proxy exited during the run
 
     @property
     def rps(self) -> float:
@@ -59,6 +60,10 @@ class Row:
     @property
     def cpu(self) -> float:
         return _median([r.cpu_pct for r in self.runs.values()])
+
+    @property
+    def conns_per_1k(self) -> float:
+        return _median([r.conns_per_1k for r in self.runs.values()])
 
     @property
     def other_cpu(self) -> float:
@@ -126,10 +131,14 @@ class Row:
         out.append(Check("no errors", fmt_errors(self.errors), self.error_total == 0))
         if self.verify_problems:
             out.append(Check("forwards correctly", "; ".join(self.verify_problems), False))
+        if self.died:
+            out.append(Check("keeps running", "exited during the run", False))
         return out
 
     def verdict(self) -> str:
         notes = []
+        if self.died:
+            notes.append("EXITED during the run")
         if self.load_bound:
             notes.append("LOAD-BOUND: req/s understated")
         if self.proxy == REFERENCE:
@@ -145,6 +154,8 @@ class IdleRow:
     proxy: str
     result: IdleResult
     ref: IdleResult | None
+    verify_problems: list[str] = field(default_factory=list)
+    died: bool = False
 
     @property
     def ratio(self) -> float:
@@ -162,11 +173,12 @@ class IdleRow:
                   r.bytes_per_conn <= limit),
             Check("every connection set up and kept", f"{r.failed} failed, {r.closed_early} closed early",
                   r.failed == 0 and r.closed_early == 0),
-        ]
+        ] + ([Check("forwards correctly", "; ".join(self.verify_problems), False)] if self.verify_problems
+             else []) + ([Check("keeps running", "exited during the run", False)] if self.died else [])
 
     def verdict(self) -> str:
         if self.proxy == REFERENCE:
-            bad = self.result.failed or self.result.closed_early
+            bad = self.result.failed or self.result.closed_early or self.verify_problems or self.died
             return "reference" + (" (HAS FAILURES)" if bad else "")
         return verdict(self.checks())
 
@@ -187,6 +199,10 @@ def verdict(checks: list[Check]) -> str:
 
 def fmt_ratio(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.2f}"
+
+
+def fmt_c1k(x: float) -> str:
+    return "n/a" if math.isnan(x) else (f"{x:.1f}" if x < 10 else f"{x:.0f}")
 
 
 def fmt_ms(x: float) -> str:
@@ -211,7 +227,7 @@ def fmt_errors(errors: dict[str, int]) -> str:
 
 def console_table(rows: list[Row], idle: list[IdleRow]) -> str:
     lines = []
-    head = (f"{'proxy':<11} {'req/s':>9} {'min-max':>17} {'p50 ms':>7} {'p99 ms':>7} {'CPU%':>5} {'other':>5} "
+    head = (f"{'proxy':<11} {'req/s':>9} {'min-max':>17} {'p50 ms':>7} {'p99 ms':>7} {'CPU%':>5} {'other':>5} {'c/1k':>5} "
             f"{'ratio':>6} {'p99 x':>6} {'eff x':>6}  {'errors':<8} result")
     by_scenario: dict[str, list[Row]] = {}
     for row in rows:
@@ -225,7 +241,7 @@ def console_table(rows: list[Row], idle: list[IdleRow]) -> str:
             extra = f"  {r.mib_s:,.0f} MiB/s" if s.path != "/" else ""
             lines.append(
                 f"{r.proxy:<11} {fmt_num(r.rps):>9} {fmt_num(lo) + '-' + fmt_num(hi):>17} "
-                f"{fmt_ms(r.p50):>7} {fmt_ms(r.p99):>7} {r.cpu:>5.0f} {r.other_cpu:>5.0f} {fmt_ratio(r.ratio):>6} "
+                f"{fmt_ms(r.p50):>7} {fmt_ms(r.p99):>7} {r.cpu:>5.0f} {r.other_cpu:>5.0f} {fmt_c1k(r.conns_per_1k):>5} {fmt_ratio(r.ratio):>6} "
                 f"{fmt_ratio(r.p99_ratio):>6} {fmt_ratio(r.per_core_ratio):>6}  {fmt_errors(r.errors):<8} "
                 f"{r.verdict()}{extra}")
     for row in idle:
@@ -341,14 +357,16 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
             "the load side had no CPU to spare in most rounds (pinned: wrk + backends used >= 90% of their CPUs; "
             "unpinned: the whole machine was >= 90% busy): its req/s is understated, and a ratio against a "
             "load-bound HAProxy flatters fleetproxy.", "",
-            "| Scenario | Proxy | req/s | min-max | p50 ms | p99 ms | CPU % | other % | ratio | p99 x | eff x | errors | result |",
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+            "*srv conns/1k* is how many connections the backends accepted per 1000 responses (about 0 when "
+            "a proxy reuses its server connections; 1000 when it opens one per request).", "",
+            "| Scenario | Proxy | req/s | min-max | p50 ms | p99 ms | CPU % | other % | srv conns/1k | ratio | p99 x | eff x | errors | result |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
     for r in rows:
         lo, hi = r.rps_range
         rps = fmt_num(r.rps) + (f" ({r.mib_s:,.0f} MiB/s)" if r.scenario.path != "/" else "")
         out.append(
             f"| {r.scenario.key} | {r.proxy} | {rps} | {fmt_num(lo)}-{fmt_num(hi)} | {fmt_ms(r.p50)} | "
-            f"{fmt_ms(r.p99)} | {r.cpu:.0f} | {r.other_cpu:.0f} | {fmt_ratio(r.ratio)} | {fmt_ratio(r.p99_ratio)} | "
+            f"{fmt_ms(r.p99)} | {r.cpu:.0f} | {r.other_cpu:.0f} | {fmt_c1k(r.conns_per_1k)} | {fmt_ratio(r.ratio)} | {fmt_ratio(r.p99_ratio)} | "
             f"{fmt_ratio(r.per_core_ratio)} | {fmt_errors(r.errors)} | {r.verdict()} |")
     out.append("")
 

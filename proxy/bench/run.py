@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from backends import counters as backend_counters
 from backends import find_nginx, start_backends
 from harness import BenchError, Placement, Processes, free_ports, raise_nofile
 from loadgen import IdleResult, Wrk, WrkResult, idle_connections
@@ -158,6 +159,7 @@ class Bench:
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.runs: dict[tuple[str, str], dict[int, WrkResult]] = {}
         self.idle: dict[str, IdleResult] = {}
+        self.died: set[str] = set()
         self.raw_dir = procs.workdir / "wrk"
         self.raw_dir.mkdir()
 
@@ -175,6 +177,7 @@ class Bench:
             self.configs["nginx (backend 1)"] = (self.procs.workdir / "fpb-backend1" / "nginx.conf").read_text()
         self.topo = Topology([b.address for b in self.backends])
         self.wrk.backend_pids = [b.proc.pid for b in self.backends]
+        self.wrk.counters = lambda: backend_counters(self.backends)
         log(f"backends: {self.backend_kind} on {', '.join(self.topo.backends)}")
         log(f"CPU placement: {self.placement.describe()}")
         if any(s.kind == "wrk" for s in self.scenarios) or self.args.profile == "yes":
@@ -197,7 +200,9 @@ class Bench:
         inst = self.instances[name]
         if inst.proc.alive():
             return True
-        log(f"{name} (pid {inst.pid}) has exited with {inst.proc.popen.returncode}:\n{inst.proc.tail()}")
+        if name not in self.died:
+            self.died.add(name)
+            log(f"{name} (pid {inst.pid}) has exited with {inst.proc.popen.returncode}:\n{inst.proc.tail()}")
         return False
 
     # -- measured rounds ---------------------------------------------------------------
@@ -249,6 +254,7 @@ class Bench:
                         f"{res.failed} failed, {res.closed_early} closed early, "
                         f"set up in {res.open_seconds:.1f} s)")
                     if not inst.proc.alive():
+                        self.died.add(name)
                         log(f"{name} exited during the idle test:\n{inst.proc.tail()}")
                 finally:
                     self.procs.stop(inst.proc)
@@ -299,10 +305,12 @@ class Bench:
                     if not runs:
                         continue
                     ref = None if name == REFERENCE else self.runs.get((s.key, REFERENCE), {})
-                    rows.append(Row(s, name, runs, ref, self.problems.get((s.key, name), [])))
+                    rows.append(Row(s, name, runs, ref, self.problems.get((s.key, name), []),
+                                    died=name in self.died))
                 elif name in self.idle:
                     ref = None if name == REFERENCE else self.idle.get(REFERENCE)
-                    idle.append(IdleRow(s, name, self.idle[name], ref))
+                    idle.append(IdleRow(s, name, self.idle[name], ref, self.problems.get((s.key, name), []),
+                                        died=name in self.died))
         return rows, idle
 
     def versions(self) -> dict[str, str]:
