@@ -42,6 +42,7 @@ class Profile:
     self_top: list[tuple[str, int]]
     incl_top: list[tuple[str, int]]
     wrk: WrkResult
+    native: bool
 
     def markdown(self, label: str, root: Path) -> str:
         def rel(p: Path) -> str:
@@ -53,10 +54,12 @@ class Profile:
         out = [f"## Profile: {label}", "",
                f"py-spy, {self.samples} samples while wrk ran ({self.wrk.ok_rps:,.0f} req/s under the "
                f"sampler); flamegraph `{rel(self.svg)}`, collapsed stacks `{rel(self.collapsed)}` "
-               "(open in speedscope.app). Files under `proxy/bench/out/` are not committed. Without "
-               "`--profile-native`, own time of the event loop's entry point (`run`) is time spent inside "
-               "uvloop's C code (system calls, transports) that Python-level sampling cannot break down.", "",
-               "| own time | function | | inclusive | function |", "|--:|---|---|--:|---|"]
+               "(open in speedscope.app). Files under `proxy/bench/out/` are not committed. "
+               + ("Native frames included: own time in libc functions (`write`, `read`, `connect`, "
+                  "`epoll_pwait`) is time in those system calls." if self.native else
+                  "Python frames only: own time of a Python function includes the C code it calls "
+                  "(uvloop transports, system calls)."), "",
+               "| own time | function (native or Python) | | inclusive | Python function |", "|--:|---|---|--:|---|"]
         for (sf, sn), (if_, in_) in zip(self.self_top, self.incl_top, strict=False):
             out.append(f"| {100 * sn / self.samples:.1f}% | `{sf}` | | "
                        f"{100 * in_ / self.samples:.1f}% | `{if_}` |")
@@ -64,7 +67,8 @@ class Profile:
 
 
 def summarize(collapsed: Path, n: int = 25) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
-    """Samples, top functions by own time, top functions by inclusive time."""
+    """Samples, top functions by own time (any frame), top Python functions by inclusive
+    time (without the frames that are on every stack)."""
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
@@ -80,7 +84,10 @@ def summarize(collapsed: Path, n: int = 25) -> tuple[int, list[tuple[str, int]],
         own[frames[-1]] += count
         for f in set(frames):
             incl[f] += count
-    return total, own.most_common(n), incl.most_common(n)
+    # Inclusive time is listed for Python functions (native frames are the event loop's
+    # plumbing); frames on (nearly) every stack are the way into the loop: no information.
+    inner = [(f, c) for f, c in incl.most_common() if c < 0.99 * total and ".py:" in f]
+    return total, own.most_common(n), inner[:n]
 
 
 def _short(frame: str) -> str:
@@ -97,33 +104,39 @@ def _short(frame: str) -> str:
 
 
 def profile(*, pyspy: str, pid: int, wrk: Wrk, url: str, duration: float, placement: Placement,
-            procs: Processes, out_dir: Path, stem: str, native: bool = False) -> Profile:
+            procs: Processes, out_dir: Path, stem: str, native: bool = False, rate: int = 100) -> Profile:
     out_dir.mkdir(parents=True, exist_ok=True)
     svg = out_dir / f"{stem}.svg"
     collapsed = out_dir / f"{stem}.collapsed.txt"
-    common = ["record", "--pid", str(pid), "--duration", f"{duration + 1:.0f}", "--rate", "250",
+    common = ["record", "--pid", str(pid), "--duration", f"{duration + 1:.0f}", "--rate", str(rate),
               "--function"]
-    if native:
-        common.append("--native")
     result = None
     for fmt, path in (("flamegraph", svg), ("raw", collapsed)):
-        spy = procs.spawn(f"fpb-pyspy-{fmt}", [pyspy, *common, "--format", fmt, "-o", str(path)],
-                          cpus=placement.cpus("load"))
-        time.sleep(0.5)
-        result = wrk.run(url, duration)
-        try:
-            spy.popen.wait(duration + 30)
-        except subprocess.TimeoutExpired:
+        while True:
+            argv = [pyspy, *common, *(["--native"] if native else []), "--format", fmt, "-o", str(path)]
+            spy = procs.spawn(f"fpb-pyspy-{fmt}", argv, cpus=placement.cpus("load"))
+            time.sleep(0.5)
+            result = wrk.run(url, duration)
+            try:
+                spy.popen.wait(duration + 30)
+            except subprocess.TimeoutExpired:
+                procs.stop(spy)
+            code = spy.popen.returncode
             procs.stop(spy)
-        if spy.popen.returncode != 0 or not path.exists():
-            raise BenchError(f"py-spy failed ({spy.popen.returncode}):\n{spy.tail()}")
-        procs.stop(spy)
+            if code == 0 and path.exists():
+                break
+            if native:  # native unwinding is not available everywhere
+                print(f"py-spy --native failed ({code}), again without it:\n{spy.tail()}", file=sys.stderr)
+                native = False
+                continue
+            raise BenchError(f"py-spy failed ({code}):\n{spy.tail()}")
     assert result is not None
     samples, self_top, incl_top = summarize(collapsed)
     top_txt = out_dir / f"{stem}.top.txt"
-    lines = [f"{samples} samples; {result.ok_rps:,.0f} req/s under py-spy", "", "own time:"]
+    lines = [f"{samples} samples{' (with native frames)' if native else ''}; "
+             f"{result.ok_rps:,.0f} req/s under py-spy", "", "own time:"]
     lines += [f"  {100 * n / samples:5.1f}%  {f}" for f, n in self_top]
     lines += ["", "inclusive time:"]
     lines += [f"  {100 * n / samples:5.1f}%  {f}" for f, n in incl_top]
     top_txt.write_text("\n".join(lines) + "\n")
-    return Profile(svg, collapsed, top_txt, samples, self_top, incl_top, result)
+    return Profile(svg, collapsed, top_txt, samples, self_top, incl_top, result, native)

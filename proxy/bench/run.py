@@ -86,7 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-profile", dest="profile", action="store_const", const="no", help="never profile")
     ap.add_argument("--profile-only", action="store_true", help="skip the measured rounds, only profile")
     ap.add_argument("--profile-duration", type=int, default=10, help="seconds per py-spy run (default 10)")
-    ap.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames of uvloop/httptools)")
+    ap.add_argument("--profile-python", action="store_true",
+                    help="Python frames only (default: py-spy --native, which also shows the C functions and "
+                         "system calls of uvloop, httptools and libc)")
     ap.add_argument("--results", type=Path, default=None,
                     help=f"Markdown results file (default {RESULTS.relative_to(REPO)}, "
                          "or out/RESULTS-quick.md with --quick)")
@@ -290,7 +292,7 @@ class Bench:
         log(f"profiling {SUBJECT} (pid {inst.pid}) with py-spy for 2 x {self.args.profile_duration:g} s")
         prof = profile(pyspy=pyspy, pid=inst.pid, wrk=self.wrk, url=inst.url("http", "/"),
                        duration=self.args.profile_duration, placement=self.placement, procs=self.procs,
-                       out_dir=OUT_DIR, stem=stem, native=self.args.profile_native)
+                       out_dir=OUT_DIR, stem=stem, native=not self.args.profile_python)
         log(f"profile: {prof.svg}\n         {prof.collapsed}\n         {prof.top_txt}")
         log(prof.top_txt.read_text())
         return prof
