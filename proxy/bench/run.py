@@ -132,6 +132,9 @@ class Bench:
         self.placement = Placement.choose(args.pin)
         self.settings = Settings(maxconn=max(20000, args.idle_conns + 1000),
                                  nofile=raise_nofile(2 * max(20000, args.idle_conns + 1000) + 1000))
+        if any(s.kind == "idle" for s in SCENARIOS) and args.idle_conns + 500 > self.settings.nofile:
+            log(f"warning: the file-descriptor limit is {self.settings.nofile}; {args.idle_conns} idle "
+                "connections need more (raise the hard limit, or use --idle-conns)")
         kinds = proxy_kinds(self.settings, args.haproxy)
         wanted = [p.strip() for p in args.proxies.split(",") if p.strip()]
         unknown = [p for p in wanted if p not in kinds]
