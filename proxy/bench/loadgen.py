@@ -7,6 +7,7 @@ nothing depends on parsing wrk's human-readable text; that text is kept too.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -102,6 +103,14 @@ class Wrk:
         first = (r.stdout or r.stderr).splitlines()
         return first[0].split(" Copyright")[0].removeprefix("wrk ") if first else "?"
 
+    def _counters(self) -> tuple[int, int] | None:
+        if self.counters is None:
+            return None
+        try:
+            return self.counters()
+        except (OSError, BenchError, http.client.HTTPException):
+            return None  # a backend that stopped answering shows up in wrk's errors
+
     def run(self, url: str, duration: int, headers: tuple[str, ...] = (),
             proxy_pid: int | None = None) -> WrkResult:
         argv = [self.binary, f"-t{self.threads}", f"-c{self.connections}", f"-d{int(duration)}s",
@@ -109,12 +118,12 @@ class Wrk:
         for h in headers:
             argv += ["-H", h]
         argv.append(url)
-        before = self.counters() if self.counters else None
+        before = self._counters()
         account = CpuAccount(proxy_pid, self.backend_pids)
         account.start()
         r = run_capture(argv, cpus=self.placement.cpus("load"), timeout=duration + 60)
         cpu = account.stop()
-        after = self.counters() if self.counters else None
+        after = self._counters()
         load_cpus = self.placement.cpus("load")
         if load_cpus is not None:  # pinned: wrk + backends own the load CPUs
             load_bound = cpu["load"] >= 90 * len(load_cpus)
