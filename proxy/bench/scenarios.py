@@ -11,7 +11,6 @@ become new entries here plus, where needed, a new kind with its runner.
 from __future__ import annotations
 
 import http.client
-import socket
 from dataclasses import dataclass
 
 from backends import LARGE_PATH, LARGE_SIZE, small_body
@@ -103,10 +102,3 @@ def _get(conn: http.client.HTTPConnection, path: str, problems: list[str]) -> by
         problems.append(f"GET {path}: status {resp.status}")
     return body
 
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
