@@ -87,10 +87,26 @@ class WorkerHandle:
         self.stats: dict[str, Any] | None = None
         self.stopping = False
         self.pid = 0
+        # Changes broadcast before the channel is up (a reload in progress) wait
+        # here and follow the init message, so no worker misses one.
+        self.backlog: list[bytes] | None = []
 
     def send(self, msg: dict[str, Any]) -> None:
-        if self.channel is not None:
-            self.channel.send(msg)
+        self.write(encode(msg))
+
+    def write(self, data: bytes) -> None:
+        if self.backlog is not None:
+            self.backlog.append(data)
+        elif self.channel is not None and not self.channel.closed and self.channel.transport is not None:
+            self.channel.transport.write(data)
+
+    def open(self, channel: Channel, init: dict[str, Any]) -> None:
+        """The channel is up: the init message first, then what was broadcast meanwhile."""
+        self.channel = channel
+        backlog, self.backlog = self.backlog or [], None
+        channel.send(init)
+        for data in backlog:
+            channel.transport.write(data)  # type: ignore[union-attr]
 
 
 class Master:
@@ -208,12 +224,12 @@ class Master:
             theirs.close()
         handle.pid = handle.proc.pid
         ours.setblocking(False)
-        _, handle.channel = await self.loop.connect_accepted_socket(
+        _, channel = await self.loop.connect_accepted_socket(
             lambda: Channel(lambda m: self._on_worker_message(handle, m),
                             lambda exc: None),
             ours,
         )
-        handle.send({
+        handle.open(channel, {
             "op": "init",
             "config": self.raw,
             "source": self.config_path,
@@ -274,8 +290,7 @@ class Master:
     def broadcast(self, msg: dict[str, Any]) -> None:
         data = encode(msg)
         for w in self.workers:
-            if w.channel is not None and not w.channel.closed and w.channel.transport is not None:
-                w.channel.transport.write(data)
+            w.write(data)
 
     # -- counters ---------------------------------------------------------------------------
     def _retire(self, handle: WorkerHandle) -> None:
@@ -438,10 +453,14 @@ class Master:
         dumped = srv_cfg.model_dump(mode="json")
         server = self._change({"op": "add_server", "backend": backend, "config": dumped})
         assert server is not None
-        self.deleted.get(backend, {}).pop(srv_cfg.name, None)
         in_config = any(s.name == srv_cfg.name and fingerprint(s) == fingerprint(srv_cfg)
                         for s in be.cfg.servers)
-        if not in_config:
+        if in_config:
+            # The file's own server is back: nothing to remember.
+            self.deleted.get(backend, {}).pop(srv_cfg.name, None)
+        else:
+            # A new server, or a replacement of a file server under its name (its
+            # deletion record stays, so a reload keeps the replacement).
             self.added.setdefault(backend, {})[srv_cfg.name] = dumped
         self.health.sync(list(self.runtime.servers()))
         log.info("server %s added (admin)%s", server.log_prefix,
@@ -463,8 +482,10 @@ class Master:
         if why:
             raise ControlError(why, 409)
         self._change({"op": "del_server", "backend": backend, "server": server})
-        if self.added.get(backend, {}).pop(server, None) is None:
-            self.deleted.setdefault(backend, {})[server] = fingerprint(s.cfg)
+        self.added.get(backend, {}).pop(server, None)
+        file_server = next((c for c in be_cfg_servers(self.cfg, backend) if c.name == server), None)
+        if file_server is not None:
+            self.deleted.setdefault(backend, {})[server] = fingerprint(file_server)
         self.health.sync(list(self.runtime.servers()))
         log.info("server %s deleted (admin)", s.log_prefix)
 
@@ -653,6 +674,13 @@ class Master:
             {"op": "server", "backend": s.backend.name, "server": s.name, "health": s.health}
             for s in runtime.servers() if s.check
         ]
+
+
+def be_cfg_servers(cfg: Config, backend: str) -> list[ServerConfig]:
+    for be in cfg.backends:
+        if be.name == backend:
+            return be.servers
+    return []
 
 
 def load_raw(path: str) -> tuple[Config, dict[str, Any]]:

@@ -59,11 +59,26 @@ def changes(cfg: Config, record: dict[str, Any]) -> tuple[list[dict[str, Any]], 
     added: dict[str, dict[str, Any]] = {}
     deleted: dict[str, dict[str, str]] = {}
 
+    # Deletions first: a configuration server deleted at runtime stays deleted
+    # while the file still defines it the same way.
+    for be_name, servers in (record.get("deleted") or {}).items():
+        be = backends.get(be_name)
+        if be is None:
+            continue
+        current = {s.name: fingerprint(s) for s in be.servers}
+        for name, fp in servers.items():
+            if current.get(name) == fp:
+                deleted.setdefault(be_name, {})[name] = fp
+                out.append({"op": "del_server", "backend": be_name, "server": name})
+
+    # Then additions: a server added at runtime comes back, unless the file now
+    # defines that name itself (a runtime replacement of a file server is kept
+    # only while its deletion above still holds).
     for be_name, servers in (record.get("added") or {}).items():
         be = backends.get(be_name)
         if be is None:
             continue
-        names = {s.name for s in be.servers}
+        names = {s.name for s in be.servers} - set(deleted.get(be_name, {}))
         for name, server_cfg in servers.items():
             if name in names:
                 continue  # the configuration defines it now: configuration wins
@@ -76,17 +91,8 @@ def changes(cfg: Config, record: dict[str, Any]) -> tuple[list[dict[str, Any]], 
             added.setdefault(be_name, {})[name] = dumped
             out.append({"op": "add_server", "backend": be_name, "config": dumped})
 
-    for be_name, servers in (record.get("deleted") or {}).items():
-        be = backends.get(be_name)
-        if be is None:
-            continue
-        current = {s.name: fingerprint(s) for s in be.servers}
-        for name, fp in servers.items():
-            if current.get(name) == fp:
-                deleted.setdefault(be_name, {})[name] = fp
-                out.append({"op": "del_server", "backend": be_name, "server": name})
-
-    gone = {(b, n) for b, names in deleted.items() for n in names}
+    gone = {(b, n) for b, names in deleted.items() for n in names
+            if n not in added.get(b, {})}
     for be_name, servers in (record.get("servers") or {}).items():
         be = backends.get(be_name)
         if be is None:
@@ -95,12 +101,10 @@ def changes(cfg: Config, record: dict[str, Any]) -> tuple[list[dict[str, Any]], 
         for name, entry in servers.items():
             if (be_name, name) in gone:
                 continue
-            srv_cfg = current.get(name)
+            dyn = added.get(be_name, {}).get(name)
+            srv_cfg = ServerConfig.model_validate(dyn) if dyn is not None else current.get(name)
             if srv_cfg is None:
-                dyn = added.get(be_name, {}).get(name)
-                if dyn is None:
-                    continue
-                srv_cfg = ServerConfig.model_validate(dyn)
+                continue
             if entry.get("fp") != fingerprint(srv_cfg):
                 continue  # the definition changed: the configuration's values apply
             change: dict[str, Any] = {"op": "server", "backend": be_name, "server": name}

@@ -18,6 +18,7 @@ import asyncio
 import grp
 import logging
 import os
+import socket
 import stat
 from typing import Any
 
@@ -37,10 +38,18 @@ def _prepare_socket_path(path: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if stat.S_ISSOCK(st.st_mode):
-        os.unlink(path)  # left by a previous run
-    else:
+    if not stat.S_ISSOCK(st.st_mode):
         raise OSError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # left by a process that is gone
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path} is in use by another running process")
 
 
 def _secure_socket(path: str, mode: str, group: str | None) -> None:

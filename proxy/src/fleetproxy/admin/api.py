@@ -227,8 +227,9 @@ async def delete_server(request: web.Request) -> web.Response:
         if wait:
             try:
                 timeout = parse_duration(wait if not wait.isdigit() else f"{wait}s")
-            except ValueError as exc:
-                return error(400, f"wait: {exc}")
+            except ValueError:
+                return error(400, f"wait: invalid duration {wait!r} (use e.g. 30s, 500ms, 2m; "
+                                  "a bare number is seconds)")
             await master.wait_removable(s.backend.name, s.name, timeout)
         master.delete_server(s.backend.name, s.name)
     except ControlError as exc:

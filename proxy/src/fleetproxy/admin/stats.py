@@ -91,7 +91,7 @@ def render_html(master: Any) -> str:
                 f"<td class=n>{status}</td><td class=n>{check}</td><td>{s.weight}/{s.uweight}</td>"
                 f"<td>{'B' if s.backup else 'A'}</td><td>{s.active}</td><td>{s.max_active}</td>"
                 f"<td>{s.total}</td><td>{_rate(master, 'srv/' + s.log_prefix, s.total):.0f}</td>"
-                f"<td>{s.queue}</td><td>{s.bytes_in}</td><td>{s.bytes_out}</td>"
+                f"<td>-</td><td>{s.bytes_in}</td><td>{s.bytes_out}</td>"
                 + "".join(f"<td>{s.responses[i]}</td>" for i in range(1, 6))
                 + f"<td>{s.conn_errors}</td><td>{s.resp_errors}</td><td>{s.retries}/{s.redispatches}</td>"
                 f"<td>{int(downtime(s, now))}s</td><td>{int(now - s.last_change)}s</td></tr>"
@@ -207,7 +207,6 @@ class FleetproxyCollector:
                                        "Administrative state (1 for the current one)",
                                        labels=[*sl, "state"]),
             "weight": GaugeMetricFamily("fleetproxy_server_weight", "Effective weight", labels=sl),
-            "queue": GaugeMetricFamily("fleetproxy_server_current_queue", "Queued requests", labels=sl),
             "chkdur": GaugeMetricFamily("fleetproxy_server_check_duration_seconds",
                                         "Duration of the last health check", labels=sl),
             "chkfail": CounterMetricFamily("fleetproxy_server_check_failures", "Failed health checks",
@@ -232,7 +231,6 @@ class FleetproxyCollector:
             for st in ("ready", "drain", "maint"):
                 fam["state"].add_metric([*lab, st], 1 if s.state == st else 0)
             fam["weight"].add_metric(lab, s.weight)
-            fam["queue"].add_metric(lab, s.queue)
             if s.check and s.check_duration >= 0:
                 fam["chkdur"].add_metric(lab, s.check_duration / 1000.0)
             fam["chkfail"].add_metric(lab, s.check_fails)

@@ -65,7 +65,6 @@ def server_view(s: Server, now: float) -> dict[str, Any]:
         },
         "sessions": {"current": s.active, "max": s.max_active, "total": s.total},
         "active_requests": s.active,
-        "queue": s.queue,
         "bytes_in": s.bytes_in,
         "bytes_out": s.bytes_out,
         "responses": responses(s.responses),
@@ -74,7 +73,10 @@ def server_view(s: Server, now: float) -> dict[str, Any]:
         "redispatches": s.redispatches,
         "downtime_s": round(downtime(s, now), 3),
         "last_change_s": round(now - s.last_change, 3),
+        "origin": ("config" if any(c is s.cfg for c in s.backend.cfg.servers) else "runtime"),
+        "definition": s.cfg.model_dump(mode="json", exclude_none=True),
     }
+
 
 
 def backend_view(b: Backend, now: float, servers: bool = True) -> dict[str, Any]:
@@ -132,6 +134,7 @@ def info_view(master: Any) -> dict[str, Any]:
         "reloads": master.reloads,
         "last_reload_error": master.last_reload_error or None,
         "maxconn": master.cfg.global_.maxconn,
+        "state_file": master.cfg.global_.state_file,
         "current_connections": master.process_conns(),
     }
 

@@ -25,6 +25,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from .common import (
     ERROR_PAGES,
+    INF,
     REQUEST_HEADERS,
     REQUEST_STRIP,
     RESPONSE_HEADERS,
@@ -81,7 +82,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.mc = False
         self._timer: Any = None
         self._deadline = 0.0
-        self._timer_at = 0.0
+        self._timer_at = INF
         self._tkind = 0
         # Per-request state
         self._new_request()

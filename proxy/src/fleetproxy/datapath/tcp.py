@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..tls import NEED_MORE, client_hello_sni
-from .common import LazyTimer
+from .common import INF, LazyTimer
 from .upstream import Upstream
 
 T_QUEUE, T_CONNECT, T_IDLE, T_INSPECT = range(4)
@@ -86,7 +86,7 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self.wall = 0.0
         self._timer: Any = None
         self._deadline = 0.0
-        self._timer_at = 0.0
+        self._timer_at = INF
         self._tkind = 0
 
     # -- the request view used by routing (TCP rules: src, sni) ----------------------
