@@ -266,7 +266,7 @@ def wait_for(fetch, done, timeout, settle=0.0, interval=POLL_INTERVAL, clock=tim
         if done(value):
             if since is None:
                 since = now
-            if now - since >= settle:
+            if now - since >= settle - 1e-3:
                 return True, value, now - start
         else:
             since = None

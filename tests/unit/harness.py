@@ -345,3 +345,45 @@ class SlowRequest:
     def join(self, timeout=30):
         self.thread.join(timeout)
         return self.result
+
+
+# -- helpers run as subprocesses (inside network namespaces) ----------------------------------
+
+def capture_arp(ifname, seconds, count):
+    """Print ``ready``, then one JSON line per ARP frame seen on ``ifname`` (at most ``count``,
+    for at most ``seconds``)."""
+    from select import select
+
+    eth_p_arp = 0x0806
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_arp))
+    sock.bind((ifname, eth_p_arp))
+    print('ready', flush=True)
+    deadline = time.monotonic() + seconds
+    seen = 0
+    while seen < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        readable, _, _ = select([sock], [], [], left)
+        if not readable:
+            break
+        frame, addr = sock.recvfrom(2048)
+        print(json.dumps({'hex': frame.hex(), 'at': time.monotonic(), 'pkttype': addr[2]}), flush=True)
+        seen += 1
+    sock.close()
+
+
+def _main(argv):
+    if argv[0] == 'run':
+        root = os.environ['ANSIBLE_COLLECTIONS_PATH'].split(':')[0]
+        sys.path.insert(0, root)
+        result = run_module(argv[1], json.loads(argv[2]), check_mode='--check' in argv, diff='--diff' in argv)
+        print(json.dumps(result))
+    elif argv[0] == 'capture':
+        capture_arp(argv[1], float(argv[2]), int(argv[3]))
+    else:
+        raise SystemExit('usage: harness.py run MODULE ARGS_JSON [--check] [--diff] | capture IFACE SECONDS COUNT')
+
+
+if __name__ == '__main__':
+    _main(sys.argv[1:])
