@@ -54,6 +54,25 @@ def proxy_factory():
 CHECK = {'check': True, 'inter': '100ms', 'rise': 1, 'fall': 1}
 
 
+@pytest.fixture(scope='module')
+def shared():
+    """One proxy per test file for tests that change nothing: ``app`` has s1 and s2
+    (checked, up, weight 1) and s3 (weight 200, no check)."""
+    started = [Backend('b1'), Backend('b2')]
+    proxy = Proxy([server_def('s1', started[0].address, **CHECK), server_def('s2', started[1].address, **CHECK),
+                   server_def('s3', started[1].address, weight=200)])
+    try:
+        proxy.start()
+        proxy.wait_health('s1')
+        proxy.wait_health('s2')
+        proxy.b1, proxy.b2 = started
+        yield proxy
+    finally:
+        proxy.cleanup()
+        for b in started:
+            b.stop()
+
+
 @pytest.fixture
 def two(backends, proxy_factory):
     """A proxy whose backend ``app`` has s1 and s2 (checked, up) on two live backends."""

@@ -56,6 +56,9 @@ def load_module(name):
 
 def run_module(name, args, check_mode=False, diff=False):
     """Run module ``name`` with ``args``; return its result dict (``failed`` set on fail_json)."""
+    from unittest import mock
+
+    from ansible.module_utils.common import warnings
     from ansible.module_utils.testing import patch_module_args
 
     mod = load_module(name)
@@ -63,7 +66,10 @@ def run_module(name, args, check_mode=False, diff=False):
     full['_ansible_check_mode'] = check_mode
     full['_ansible_diff'] = diff
     out = io.StringIO()
-    with patch_module_args(full), contextlib.redirect_stdout(out):
+    # Warnings and deprecations are per process in Ansible (one module run per process).
+    with patch_module_args(full), contextlib.redirect_stdout(out), \
+            mock.patch.dict(warnings._global_warnings, clear=True), \
+            mock.patch.dict(warnings._global_deprecations, clear=True):
         try:
             mod.main()
         except SystemExit:

@@ -43,18 +43,19 @@ def three(backends, proxy_factory):
     return proxy
 
 
-def test_check_mode_reports_the_plan_and_changes_nothing(three):
-    want = [srv('s1', three.b1, weight=5), srv('s3', three.b3)]
-    r = be(three, want, check_mode=True, diff=True)
+def test_check_mode_reports_the_plan_and_changes_nothing(shared):
+    new = '127.0.0.1:%d' % free_port()
+    want = [srv('s1', shared.b1, weight=5), srv('s2', shared.b2), srv('s4', new)]
+    r = be(shared, want, check_mode=True, diff=True)
     assert not r.get('failed'), r
     assert r['changed'] is True
-    assert r['plan'] == {'add': ['s3'], 'replace': [], 'remove': ['s2'], 'update': {'s1': {'weight': 5}}}
+    assert r['plan'] == {'add': ['s4'], 'replace': [], 'remove': ['s3'], 'update': {'s1': {'weight': 5}}}
     before, after = r['diff']['before']['servers'], r['diff']['after']['servers']
-    assert sorted(before) == ['s1', 's2'] and sorted(after) == ['s1', 's3']
+    assert sorted(before) == ['s1', 's2', 's3'] and sorted(after) == ['s1', 's2', 's4']
     assert before['s1']['weight'] == 1 and after['s1']['weight'] == 5
-    assert after['s3'] == {'address': three.b3.address, 'backup': False, 'weight': 'default', 'state': 'ready'}
-    assert names(three) == ['s1', 's2']
-    assert [s['admin_weight'] for s in three.servers()] == [1, 1]
+    assert after['s4'] == {'address': new, 'backup': False, 'weight': 'default', 'state': 'ready'}
+    assert names(shared) == ['s1', 's2', 's3']
+    assert [s['admin_weight'] for s in shared.servers()] == [1, 1, 200]
     assert r['waited'] == 0
 
 
@@ -187,9 +188,10 @@ def test_states_and_backup(three):
     assert r['replace_reasons']['s3'] == ['backup True -> False']
 
 
-def test_host_names_compare_by_address(three):
-    want = [srv('s1', 'localhost:%d' % three.b1.port), srv('s2', three.b2)]
-    r = be(three, want, check_mode=True)
+def test_host_names_compare_by_address(shared):
+    want = [srv('s1', 'localhost:%d' % shared.b1.port), srv('s2', shared.b2),
+            dict(name='s3', address='localhost:%d' % shared.b2.port, weight=200)]
+    r = be(shared, want, check_mode=True)
     assert r['changed'] is False, r['plan']
 
 
@@ -204,17 +206,17 @@ def test_host_names_compare_by_address(three):
     ([dict(name='s1', address='127.0.0.1:80', cookie='a b')], 'servers[0].cookie'),
     ([dict(name='s1', address='127.0.0.1:80', colour='red')], 'colour'),
 ])
-def test_bad_servers_fail_before_any_change(three, servers, words):
-    r = be(three, servers)
+def test_bad_servers_fail_before_any_change(shared, servers, words):
+    r = be(shared, servers)
     assert r['failed'] is True and words in r['msg'], r['msg']
     assert r.get('changed') is not True
-    assert names(three) == ['s1', 's2']
+    assert names(shared) == ['s1', 's2', 's3']
 
 
-def test_unknown_backend_and_no_proxy(three, tmp_path):
-    r = be(three, [srv('s1', three.b1)], name='nope')
+def test_unknown_backend_and_no_proxy(shared, tmp_path):
+    r = be(shared, [srv('s1', shared.b1)], name='nope')
     assert r['failed'] is True and "no backend named 'nope'" in r['msg']
-    r = be(three, [srv('s1', three.b1)], socket=str(tmp_path / 'none.sock'))
+    r = be(shared, [srv('s1', shared.b1)], socket=str(tmp_path / 'none.sock'))
     assert r['failed'] is True and 'is fleetproxy running' in r['msg']
 
 
