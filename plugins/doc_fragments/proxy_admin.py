@@ -20,8 +20,7 @@ options:
   timeout:
     description:
       - Seconds to wait for one answer of the admin API.
-      - Waits for sessions or health checks are bounded separately (O(wait_timeout) where a
-        module has it).
+      - Waits for sessions or health checks have their own bound, in the modules that wait.
     type: float
     default: 10
 notes:

@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 from ansible_collections.fleetproxy.fleet.plugins.module_utils.unix_http import (
     APIError,
-    SocketError,
     UnixJSONClient,
 )
 

@@ -224,6 +224,22 @@ plan:
       the settings changed in place (C(state), C(weight)).
   returned: always
   type: dict
+  contains:
+    add:
+      description: Servers added.
+      type: list
+      elements: str
+    replace:
+      description: Servers replaced under the same name (see RV(replace_reasons)).
+      type: list
+      elements: str
+    remove:
+      description: Servers drained and removed.
+      type: list
+      elements: str
+    update:
+      description: Servers changed in place, with the new C(state) and/or C(weight).
+      type: dict
   sample:
     add: [server3]
     replace: []

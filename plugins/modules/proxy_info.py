@@ -159,8 +159,7 @@ from ansible_collections.fleetproxy.fleet.plugins.module_utils.unix_http import 
 def gather(module, client):
     p = module.params
     result = dict(changed=False, running=True)
-    healthy, _ = client.health()
-    result['healthy'] = healthy
+    result['healthy'] = client.health()[0]
     if 'info' in p['gather']:
         result['info'] = client.info()
     if 'frontends' in p['gather']:

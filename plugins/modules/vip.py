@@ -143,7 +143,7 @@ from ansible_collections.fleetproxy.fleet.plugins.module_utils.netlink import (
 )
 
 
-def run(module, links):
+def run(module, links, result):
     p = module.params
     iface = parse_address(p['address'])
     link = links.link(p['interface'])
@@ -160,8 +160,8 @@ def run(module, links):
         add = False
     after = [a for a in current if a not in remove] + ([iface] if add else [])
 
-    result = dict(changed=bool(remove or add), address=str(iface), interface=p['interface'],
-                  addresses=[str(a) for a in after], garp_sent=0)
+    result.update(address=str(iface), interface=p['interface'], addresses=[str(a) for a in after], garp_sent=0)
+    result['changed'] = bool(remove or add)
     if module._diff:
         result['diff'] = dict(before='\n'.join(str(a) for a in current) + '\n' if current else '',
                               after='\n'.join(str(a) for a in after) + '\n' if after else '',
@@ -170,10 +170,13 @@ def run(module, links):
     if module.check_mode or not result['changed']:
         return result
 
+    result['changed'] = False  # from here on: what was really done
     for a in remove:
         links.delete(link['index'], a)
+        result['changed'] = True
     if add:
         links.add(link['index'], iface)
+        result['changed'] = True
         result['garp_sent'] = announce(module, link, iface)
     result['addresses'] = [str(a) for a in links.addresses(link['index'], iface.version)]
     return result
@@ -223,11 +226,13 @@ def main():
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib('pyroute2'), exception=PYROUTE2_IMPORT_ERROR)
 
+    result = dict(changed=False)
     try:
         with Links() as links:
-            result = run(module, links)
-    except NetlinkFailure as exc:
-        module.fail_json(msg=str(exc))
+            run(module, links, result)
+    except (NetlinkFailure, OSError) as exc:
+        result.pop('diff', None)
+        module.fail_json(msg=str(exc), **result)
     module.exit_json(**result)
 
 

@@ -191,8 +191,7 @@ class Proxy:
             if self.proc.poll() is not None:
                 raise RuntimeError('fleetproxy exited with %s:\n%s' % (self.proc.returncode, self.log()))
             try:
-                status, _ = self.api('GET', '/v1/health')
-                if status == 200:
+                if self.api('GET', '/v1/health')[0] == 200:
                     return self
             except OSError:
                 pass
@@ -305,7 +304,7 @@ class Traffic:
 
     def _run(self):
         deadline = time.monotonic() + self.seconds
-        for _ in range(self.limit):
+        for dummy in range(self.limit):
             if self.stop_event.is_set() or time.monotonic() > deadline:
                 return
             try:
@@ -370,7 +369,7 @@ def capture_arp(ifname, seconds, count):
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        readable, _, _ = select([sock], [], [], left)
+        readable = select([sock], [], [], left)[0]
         if not readable:
             break
         frame, addr = sock.recvfrom(2048)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 import subprocess
 import sys
@@ -99,16 +100,16 @@ def test_wait_for_returns_at_once_and_bounds_the_wait():
 def test_wait_for_settles():
     clock = FakeClock()
     values = iter([0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
-    ok, _, waited = pa.wait_for(lambda: next(values), lambda v: v == 0, 10, settle=0.3, interval=0.1,
-                                clock=clock, sleep=clock.sleep)
+    ok, dummy, waited = pa.wait_for(lambda: next(values), lambda v: v == 0, 10, settle=0.3, interval=0.1,
+                                    clock=clock, sleep=clock.sleep)
     # 0 at t=0 and 0.1, 1 at 0.2 (a late report): the clock restarts at 0.3.
     assert ok is True and waited == pytest.approx(0.6)
 
     # True just before the deadline: it still gets the time to settle.
     clock = FakeClock()
     values = iter([1] * 9 + [0] * 10)
-    ok, _, waited = pa.wait_for(lambda: next(values), lambda v: v == 0, 0.85, settle=0.3, interval=0.1,
-                                clock=clock, sleep=clock.sleep)
+    ok, dummy, waited = pa.wait_for(lambda: next(values), lambda v: v == 0, 0.85, settle=0.3, interval=0.1,
+                                    clock=clock, sleep=clock.sleep)
     assert ok is True and waited == pytest.approx(1.15)
 
 
@@ -140,8 +141,8 @@ def test_module_utils_import_without_pyroute2(tmp_path):
     code = ('import importlib; m = importlib.import_module(%r); '
             'print(m.HAS_PYROUTE2, "pyroute2 is blocked" in m.PYROUTE2_IMPORT_ERROR)'
             % (COLLECTION + '.plugins.module_utils.netlink'))
-    root = [p for p in sys.path if p.endswith('') and 'fpm-coll-' in p][0]
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
+    root = [p for p in sys.path if os.path.basename(p).startswith('fpm-coll-')][0]
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60, check=False,
                          env={'PYTHONPATH': '%s:%s' % (tmp_path, root), 'PATH': '/usr/bin:/bin'})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ['False', 'True']

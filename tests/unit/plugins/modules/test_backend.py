@@ -69,7 +69,7 @@ def test_apply_under_traffic_then_idempotent(three):
         assert [(s['name'], s['admin_weight'], s['health']) for s in r['servers']] == [('s1', 5, 'up'), ('s3', 5, 'up')]
         hits_b2 = three.b2.hits
         ok = traffic.ok
-        for _ in range(2):
+        for dummy in range(2):
             again = be(three, want, diff=True)
             assert not again.get('failed'), again
             assert again['changed'] is False, again['plan']

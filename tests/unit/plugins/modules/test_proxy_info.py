@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from harness import Traffic, run_module, server_def
 
 
@@ -12,8 +14,13 @@ def info(proxy, check_mode=False, **args):
 
 def test_everything_for_asserts(two):
     two.patch('s2', state='drain', weight=4)
-    with Traffic(two, limit=30):
+    with Traffic(two, limit=30) as traffic:
         first = info(two)
+    assert traffic.failed == [] and traffic.ok > 0
+    # Workers report counters every 100 ms: wait for the report of the traffic above.
+    deadline = time.monotonic() + 10
+    while two.api('GET', '/v1/frontends/web')[1]['requests'] < traffic.ok and time.monotonic() < deadline:
+        time.sleep(0.05)
     second = info(two, check_mode=True)
     for r in (first, second):
         assert not r.get('failed'), r
@@ -31,7 +38,7 @@ def test_everything_for_asserts(two):
     assert r['backends'][0]['servers'][0] == s1
     assert s1['sessions']['total'] > 0, 'traffic went to s1'
     assert r['frontends'][0]['requests'] >= first['frontends'][0]['requests']
-    assert r['frontends'][0]['requests'] > 0
+    assert r['frontends'][0]['requests'] == traffic.ok
 
 
 def test_selection(backends, proxy_factory):

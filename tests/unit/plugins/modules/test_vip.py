@@ -59,7 +59,7 @@ class Namespace:
         _ip('netns', 'del', self.name, check=False)
 
     def exec(self, *argv, **kwargs):
-        return subprocess.run(['ip', 'netns', 'exec', self.name] + list(argv), **kwargs)
+        return subprocess.run(['ip', 'netns', 'exec', self.name] + list(argv), check=kwargs.pop('check', False), **kwargs)
 
     def addresses(self, ifname=None, version=4):
         out = _ip('-n', self.name, '-j', '-%d' % version, 'addr', 'show', 'dev', ifname or self.a).stdout
