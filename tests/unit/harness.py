@@ -338,6 +338,7 @@ class SlowRequest:
         self.proxy = proxy
         self.seconds = seconds
         self.result = None
+        self.done_at = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -346,6 +347,7 @@ class SlowRequest:
             self.result = self.proxy.get('/?sleep=%s' % self.seconds, timeout=self.seconds + 15)
         except OSError as exc:
             self.result = exc
+        self.done_at = time.monotonic()
 
     def join(self, timeout=30):
         self.thread.join(timeout)
