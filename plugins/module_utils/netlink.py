@@ -48,7 +48,7 @@ class NetlinkFailure(Exception):
 
 
 def parse_address(text):
-    """``198.18.0.10/24``, ``198.18.0.10`` (/32) or ``2001:db8::10/64`` (/128 without
+    """``198.18.0.10/24``, ``198.18.0.10`` (/32) or ``2001:2::10/64`` (/128 without
     a prefix) -> ``ipaddress.IPv4Interface``/``IPv6Interface``; ValueError if invalid."""
     text = str(text).strip()
     if '/' not in text:

@@ -128,7 +128,7 @@ def test_arp_announcement_frame():
 def test_vip_addresses():
     assert str(nl.parse_address('198.18.0.100')) == '198.18.0.100/32'
     assert str(nl.parse_address('198.18.0.100/24')) == '198.18.0.100/24'
-    assert str(nl.parse_address('2001:db8::1')) == '2001:db8::1/128'
+    assert str(nl.parse_address('2001:2::1')) == '2001:2::1/128'
     for bad in ('198.18.0.300', '0.0.0.0', '224.0.0.18/32', 'eth0', '198.18.0.1/33'):
         with pytest.raises(ValueError):
             nl.parse_address(bad)

@@ -157,12 +157,12 @@ def test_down_interface_ipv6_and_errors(ns):
     assert VIP + '/32' in ns.addresses()
 
     _ip('-n', ns.name, 'link', 'set', ns.a, 'up')
-    r = ns.run({'address': '2001:db8::100/64', 'interface': ns.a})
+    r = ns.run({'address': '2001:2::100/64', 'interface': ns.a})
     assert r['changed'] is True and r['garp_sent'] == 0
-    assert '2001:db8::100/64' in ns.addresses(version=6)
+    assert '2001:2::100/64' in ns.addresses(version=6)
     flags = _ip('-n', ns.name, '-6', 'addr', 'show', 'dev', ns.a).stdout
     assert 'tentative' not in flags, flags
-    assert ns.run({'address': '2001:db8::100/64', 'interface': ns.a})['changed'] is False
+    assert ns.run({'address': '2001:2::100/64', 'interface': ns.a})['changed'] is False
 
     r = ns.run({'address': VIP, 'interface': 'fpmnone0'})
     assert r['failed'] is True and 'no interface named fpmnone0' in r['msg']
