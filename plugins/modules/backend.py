@@ -22,8 +22,8 @@ description:
   - A server whose definition differs (its address, C(backup), or a health-check setting
     that the admin API reports) is replaced under the same name, one at a time (drained,
     removed, added with the new definition, awaited).
-  - New servers are added and awaited before anything is drained, so the backend's capacity
-    never drops below what it was.
+  - New servers are added and awaited before anything is drained, so capacity grows before it
+    shrinks; a replacement takes one server out of rotation at a time.
   - Runtime additions, removals, weights and states are kept in the proxy's
     C(global.state_file), so the result survives reloads and restarts (set
     C(global.state_file) in the proxy's configuration).
@@ -76,6 +76,8 @@ options:
         description:
           - The server's administrative state. When left out, an existing server keeps its
             state and a new one is added C(ready).
+          - A server left in C(drain) by an interrupted removal (O(wait_timeout) expired) stays
+            drained if you list it again without O(servers[].state=ready).
         type: str
         choices: [ready, drain, maint]
       check:
