@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy lint bench clean
+.PHONY: all venv demo test test-proxy test-modules lint bench clean
 
 all: test
 
@@ -22,6 +22,12 @@ $(STAMP): proxy/pyproject.toml
 
 venv: $(STAMP)
 
+# ansible-core 2.19 and the collections the module tests use (the `ansible` 12 package).
+ANSIBLE_STAMP := $(VENV)/.ansible-installed
+$(ANSIBLE_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet 'ansible>=12,<13'
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/fleetproxy demo -c proxy/examples/quickstart.yml
 
@@ -29,6 +35,10 @@ test: test-proxy lint
 
 test-proxy: $(STAMP)
 	cd proxy && ../$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The modules against a real fleetproxy (tests/unit); the vip tests need root.
+test-modules: $(ANSIBLE_STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=300 tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy/src proxy/tests proxy/bench
