@@ -109,7 +109,7 @@ _EXPECTED_ACTIONS = {
     (State.MASTER, Event.SHUTDOWN, Condition.ANY): ["SendAdvert", "RemoveVips"],
     (State.MASTER, Event.ADVER_TIMER, Condition.ANY): ["SendAdvert"],
     (State.MASTER, Event.ADVERT, Condition.ZERO): ["SendAdvert"],
-    (State.MASTER, Event.ADVERT, Condition.WINS): ["RemoveVips"],
+    (State.MASTER, Event.ADVERT, Condition.WINS): ["SendAdvert", "RemoveVips"],
     (State.MASTER, Event.ADVERT, Condition.LOSES): ["SendAdvert", "SendGarp"],
     (State.MASTER, Event.PRIORITY, Condition.ANY): ["SendAdvert"],
     (State.MASTER, Event.FAULT, Condition.ANY): ["SendAdvert", "RemoveVips"],
@@ -297,6 +297,7 @@ def test_master_yields_to_higher_priority():
     r = as_master(priority=100)
     acts = r.receive(LOWER_ADDR, 101, 50, 5.0)
     assert r.state is State.BACKUP and RemoveVips() in acts
+    assert acts[0] == SendAdvert(100)  # the parting advertisement (split-brain heal)
     assert r.master_adver_interval == 50
     assert r.deadline == pytest.approx(5.0 + r.master_down_interval)
 

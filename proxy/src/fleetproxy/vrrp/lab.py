@@ -149,7 +149,7 @@ class Node:
 
     def partition(self, cut: bool) -> None:
         """Stop (or restart) forwarding on this node's bridge port; the link stays up."""
-        run("ip", "link", "set", "dev", self.veth, "type", "bridge_slave", "state", "0" if cut else "3")
+        run("bridge", "link", "set", "dev", self.veth, "state", "0" if cut else "3")
 
 
 class Lab:

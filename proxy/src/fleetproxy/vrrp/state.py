@@ -18,8 +18,10 @@ Rule 3: the transitions are the table :data:`TRANSITIONS` below, keyed by
 end only evaluates the condition and applies the row; an event with no row in the
 current state is ignored (the RFC discards it). States and steps beyond the RFC are
 marked as such: FAULT (tracking said the node must not be master, as in keepalived),
-``preempt_delay``, announcing a priority change at once, and the split-brain heal
-(a master that hears a lower-priority master answers at once and re-sends GARP).
+``preempt_delay``, announcing a priority change at once, and the split-brain heal:
+a master that yields sends one parting advertisement, and a master that hears a
+lower-priority master answers at once and re-sends gratuitous ARP, so whichever of
+two masters hears the other first, the winner re-announces the virtual addresses.
 
 Timers are computed in centiseconds, the unit of the advertisement interval on the
 wire, with exact fractions (Skew_Time is rarely a whole number of centiseconds).
@@ -133,8 +135,10 @@ TRANSITIONS: dict[tuple[State, Event, Condition], tuple[State, tuple[Step, ...],
     ),
     (S.MASTER, E.ADVERT, C.ZERO): (S.MASTER, (A.SEND_ADVERT, A.START_ADVER_TIMER), "RFC 5798 6.4.3"),
     (S.MASTER, E.ADVERT, C.WINS): (
-        S.BACKUP, (A.CANCEL_TIMER, A.LEARN_MASTER, A.START_MASTER_DOWN_TIMER, A.REMOVE_VIPS),
-        "RFC 5798 6.4.3",
+        S.BACKUP,
+        (A.SEND_ADVERT, A.CANCEL_TIMER, A.LEARN_MASTER, A.START_MASTER_DOWN_TIMER, A.REMOVE_VIPS),
+        "RFC 5798 6.4.3; the parting advertisement is not in the RFC: it tells the winner "
+        "that there were two masters, so the winner re-sends GARP (split-brain heal)",
     ),
     (S.MASTER, E.ADVERT, C.LOSES): (
         S.MASTER, (A.SEND_ADVERT, A.START_ADVER_TIMER, A.SEND_GARP),
@@ -260,6 +264,7 @@ class VirtualRouter:
         self._timer: Event | None = None
         self._preempt_at: float | None = None
         self._advert: tuple[int, int, int] = (0, 0, 0)
+        self._timer_reason = ""
         self.reason = "not started"
 
     # -- timers ----------------------------------------------------------------------
@@ -308,14 +313,7 @@ class VirtualRouter:
         """Fire the running timer if its deadline has come; otherwise do nothing."""
         if self.deadline is None or now < self.deadline or self._timer is None:
             return []
-        if self._timer is E.MASTER_DOWN_TIMER:
-            reason = (
-                f"no advertisement for {self.master_down_interval:.3f}s (Master_Down_Interval)"
-                if self.master_address is not None and self.master_priority
-                else "Master_Down_Timer expired"
-            )
-        else:
-            reason = "Adver_Timer"
+        reason = self._timer_reason if self._timer is E.MASTER_DOWN_TIMER else "Adver_Timer"
         return self._apply(self._timer, C.ANY, now, reason)
 
     def receive(
@@ -400,8 +398,12 @@ class VirtualRouter:
             self.master_address, self.master_priority = src, priority
         elif step is A.START_MASTER_DOWN_TIMER:
             self._set_timer(E.MASTER_DOWN_TIMER, now + self.master_down_interval)
+            self._timer_reason = (
+                f"no advertisement for {self.master_down_interval:.3f}s (Master_Down_Interval)"
+            )
         elif step is A.SKEW_MASTER_DOWN_TIMER:
             self._set_timer(E.MASTER_DOWN_TIMER, now + self.skew_time)
+            self._timer_reason = f"the master left (priority 0); Skew_Time {self.skew_time:.3f}s passed"
         elif step is A.CANCEL_TIMER:
             self._timer = self.deadline = None
 
