@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy lint bench clean
+.PHONY: all venv demo test test-proxy lint bench bench-failover clean
 
 all: test
 
@@ -35,6 +35,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python proxy/bench/run.py
+
+# VRRP failover against keepalived (root: network namespaces); writes proxy/bench/RESULTS-failover.md
+bench-failover: $(STAMP)
+	$(BIN)/python proxy/bench/failover.py
 
 clean:
 	rm -rf $(VENV) proxy/src/*.egg-info

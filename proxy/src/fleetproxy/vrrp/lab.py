@@ -308,13 +308,15 @@ class Lab:
             "}",
         ]
         if track_tcp is not None:
+            # keepalived 2.2 takes whole seconds for a script interval; 1 s with fall 1
+            # is the fastest it can notice a dead service this way.
             lines += [
                 "vrrp_script chk_tcp {",
                 f"  script \"{shutil.which('bash') or '/bin/bash'} -c '</dev/tcp/127.0.0.1/{track_tcp}'\"",
-                "  interval 0.2",
+                "  interval 1",
                 "  timeout 1",
-                "  fall 2",
-                "  rise 2",
+                "  fall 1",
+                "  rise 1",
                 "}",
             ]
         lines += [
@@ -369,6 +371,52 @@ class Lab:
 
 
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
+
+
+class AddrWatch:
+    """RTM_DELADDR / RTM_NEWADDR events of one namespace, with arrival times."""
+
+    RTMGRP_IPV4_IFADDR = 0x10
+
+    def __init__(self, node: Node) -> None:
+        with in_netns(node.ns):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+            self.sock.bind((0, self.RTMGRP_IPV4_IFADDR))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> AddrWatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait(self, address: str, event: str, until: float) -> float | None:
+        """monotonic time of the first ``event`` ("add" or "del") for ``address``."""
+        want = 20 if event == "add" else 21  # RTM_NEWADDR, RTM_DELADDR
+        packed = socket.inet_aton(address)
+        while True:
+            left = until - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return None
+            data = self.sock.recv(65536)
+            now = time.monotonic()
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype = struct.unpack_from("=IH", data, off)
+                if length < 16:
+                    break
+                if mtype == want:
+                    attrs = off + 16 + 8  # nlmsghdr + ifaddrmsg
+                    while attrs + 4 <= off + length:
+                        alen, atype = struct.unpack_from("=HH", data, attrs)
+                        if alen < 4:
+                            break
+                        if atype in (1, 2) and data[attrs + 4 : attrs + alen] == packed:
+                            return now
+                        attrs += (alen + 3) & ~3
+                off += (length + 3) & ~3
 
 
 class ArpProbe:
