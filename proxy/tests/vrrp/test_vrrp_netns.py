@@ -250,6 +250,43 @@ def test_proxy_admin_socket_tracking_with_weight(lab2):
         srv.server_close()
 
 
+def test_interface_and_exec_tracking_and_own_link(lab2):
+    """``interface:`` follows netlink link events (weight 0: FAULT); ``exec:`` with a
+    negative weight lowers the priority; the instance's own link down is a FAULT."""
+    a, b = lab2.nodes
+    a.sh("ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+    a.sh("ip", "link", "set", "eth1", "up")
+    a.sh("ip", "link", "set", "eth1p", "up")
+    flag = lab2.path("uplink-broken")
+    track = [{"interface": "eth1"},
+             {"exec": f"/usr/bin/test ! -e {flag}", "interval": "100ms", "weight": -100}]
+    lab2.start_vrrp(a, priority=150, track=track)
+    lab2.start_vrrp(b, priority=100)
+    settle(lab2, a, [b])
+
+    took = failover(lab2, lambda: a.sh("ip", "link", "set", "eth1p", "down"), b)
+    assert took is not None and took <= skew(100) + 0.1 + 0.1, f"{took}\n{logs(lab2)}"
+    assert lab2.wait_state(a, "FAULT", 2)["faults"] == ["track interface eth1 down"]
+    a.sh("ip", "link", "set", "eth1p", "up")
+    settle(lab2, a, [b], timeout=3)
+
+    def break_uplink():
+        Path(flag).touch()
+
+    took = failover(lab2, break_uplink, b)
+    assert took is not None and took <= 0.1 + mdi(100) + 0.15, f"{took}\n{logs(lab2)}"
+    st = lab2.wait_state(a, "BACKUP", 2)
+    assert st["priority"] == 50
+    Path(flag).unlink()
+    settle(lab2, a, [b], timeout=3)
+
+    a.sh("ip", "link", "set", "eth0", "down")
+    assert lab2.wait_state(a, "FAULT", 2)["faults"] == ["eth0 is down"]
+    lab2.wait_state(b, "MASTER", 2)
+    a.sh("ip", "link", "set", "eth0", "up")
+    settle(lab2, a, [b], timeout=5)
+
+
 # --------------------------------------------------------------------------
 # Start-up, unicast, authentication, hooks, status, capabilities
 # --------------------------------------------------------------------------

@@ -188,6 +188,8 @@ class InstanceRunner:
                 # Sent at once: nothing may delay an advertisement.
                 self._send_advert(action.priority)
             else:
+                if isinstance(action, Transition):
+                    self.since = time.time()
                 self._actions.put_nowait(action)
         self._arm()
 
@@ -339,7 +341,6 @@ class InstanceRunner:
 
     def _transition(self, t: Transition) -> None:
         assert self.machine is not None
-        self.since = time.time()
         self.counters[f"to_{t.new.value.lower()}"] += 1
         log.info("%s: %s -> %s: %s (%s)", self.name, t.old, t.new, t.reason, t.rfc)
         if t.new in (State.MASTER, State.BACKUP, State.FAULT):
@@ -481,6 +482,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.netlink.open()
         try:
             await self._open_status()
@@ -507,8 +509,11 @@ class Daemon:
                     await self._watch
             await self._close_status()
             await self.netlink.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _on_sighup(self) -> None:
+        log.warning("SIGHUP ignored: the configuration is read at start only; restart the daemon to apply changes")
 
     def _on_netlink(self, msg: dict) -> None:
         for r in self.runners:

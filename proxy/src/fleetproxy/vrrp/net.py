@@ -112,10 +112,12 @@ async def watch_netlink(on_message: Callable[[dict], Awaitable[None] | None]) ->
     ipr = AsyncIPRoute()
     try:
         await ipr.bind()
-        async for msg in ipr.get():
-            result = on_message(msg)
-            if asyncio.iscoroutine(result):
-                await result
+        while True:
+            # get() returns after each batch of messages: keep asking.
+            async for msg in ipr.get():
+                result = on_message(msg)
+                if asyncio.iscoroutine(result):
+                    await result
     finally:
         ipr.close()
 
