@@ -48,9 +48,10 @@ class StartupError(Exception):
 
 
 class InstanceRunner:
-    def __init__(self, cfg: Instance, netlink: Netlink) -> None:
+    def __init__(self, cfg: Instance, netlink: Netlink, other_vips: set[str] | None = None) -> None:
         # Configuration
         self.cfg = cfg
+        self.other_vips = other_vips or set()  # VIPs of other instances on this interface
         self.name = cfg.name
         self.netlink = netlink
         self.key = cfg.hmac_key
@@ -418,9 +419,11 @@ class InstanceRunner:
     async def _primary_address(self) -> str | None:
         if self.cfg.unicast_src:
             return self.cfg.unicast_src
-        vips = {a for a, _ in self.vips}
-        for addr, _plen, _flags in await self.netlink.ipv4_addresses(self.ifindex):
-            if addr not in vips:
+        vips = {a for a, _ in self.vips} | self.other_vips
+        addrs = await self.netlink.ipv4_addresses(self.ifindex)
+        # The kernel lists primaries first; a secondary (IFA_F_SECONDARY) is never ours to use.
+        for addr, _plen, flags in addrs:
+            if addr not in vips and not flags & 0x01:
                 return addr
         return None
 
@@ -486,7 +489,13 @@ class Daemon:
         await self.netlink.open()
         try:
             await self._open_status()
-            self.runners = [InstanceRunner(inst, self.netlink) for inst in self.cfg.instances]
+            by_if: dict[str, set[str]] = {}
+            for inst in self.cfg.instances:
+                by_if.setdefault(inst.interface, set()).update(inst.vip_addresses)
+            self.runners = [
+                InstanceRunner(inst, self.netlink, by_if[inst.interface] - set(inst.vip_addresses))
+                for inst in self.cfg.instances
+            ]
             self._watch = loop.create_task(watch_netlink(self._on_netlink), name="vrrp netlink")
             try:
                 for r in self.runners:
