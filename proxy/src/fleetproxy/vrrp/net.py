@@ -25,6 +25,8 @@ from .packet import VRRP_GROUP, VRRP_PROTO
 log = logging.getLogger("fleetproxy.vrrp")
 
 IFF_UP = 0x1
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
 IFF_LOWER_UP = 0x10000
 ETH_P_ARP = 0x0806
 IP_MULTICAST_ALL = 49  # not exported by the socket module on every Python
@@ -111,7 +113,7 @@ async def watch_netlink(on_message: Callable[[dict], Awaitable[None] | None]) ->
     """Call ``on_message`` for every link and IPv4 address event, until cancelled."""
     ipr = AsyncIPRoute()
     try:
-        await ipr.bind()
+        await ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)  # not routes, neighbours, IPv6
         while True:
             # get() returns after each batch of messages: keep asking.
             async for msg in ipr.get():

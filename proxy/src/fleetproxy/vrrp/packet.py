@@ -102,6 +102,11 @@ def _pseudo(src: bytes, dst: bytes, length: int) -> bytes:
 def _a4(address: str | bytes | ipaddress.IPv4Address) -> bytes:
     if isinstance(address, bytes):
         return address
+    if isinstance(address, str) and address.count(".") == 3:
+        try:
+            return socket.inet_aton(address)
+        except OSError:
+            pass
     return ipaddress.IPv4Address(address).packed
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import socket
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -212,12 +213,19 @@ def master_down_interval_cs(priority: int, master_adver_interval: int) -> Fracti
     return 3 * master_adver_interval + skew_time_cs(priority, master_adver_interval)
 
 
-def _seconds(cs: Fraction | int) -> float:
-    return float(Fraction(cs) / 100)
-
-
 def _address(value: int | str | ipaddress.IPv4Address) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int.from_bytes(socket.inet_aton(value), "big") if value.count(".") == 3 else int(ipaddress.IPv4Address(value))
+        except OSError:
+            pass
     return int(ipaddress.IPv4Address(value))
+
+
+def _dotted(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
 # --------------------------------------------------------------------------
@@ -279,11 +287,12 @@ class VirtualRouter:
 
     @property
     def skew_time(self) -> float:
-        return _seconds(self.skew_time_cs)
+        # The same value as skew_time_cs / 100, without Fraction on the hot path.
+        return (256 - self.priority) * self.master_adver_interval / 25600
 
     @property
     def master_down_interval(self) -> float:
-        return _seconds(self.master_down_interval_cs)
+        return (1024 - self.priority) * self.master_adver_interval / 25600
 
     # -- events ----------------------------------------------------------------------
 
@@ -322,9 +331,8 @@ class VirtualRouter:
         """An ADVERTISEMENT for this VRID that passed the checks of RFC 5798 7.1."""
         src = _address(src)
         self._advert = (src, priority, max_adver_int)
-        who = str(ipaddress.IPv4Address(src))
         if priority == 0:
-            return self._apply(E.ADVERT, C.ZERO, now, f"priority-0 advertisement from {who}: master left")
+            return self._apply(E.ADVERT, C.ZERO, now, "priority-0 advertisement from {who}: master left")
         if self.state is S.BACKUP:
             if not self.preempt or priority >= self.priority:
                 self._preempt_at = None
@@ -335,16 +343,12 @@ class VirtualRouter:
                 cond = C.PREEMPT_WAIT
             else:
                 cond = C.PREEMPT
-            return self._apply(E.ADVERT, cond, now, f"advertisement from {who} priority {priority}")
+            return self._apply(E.ADVERT, cond, now, "advertisement from {who} priority {prio}")
         if self.state is S.MASTER:
             if priority > self.priority or (priority == self.priority and src > self.address):
-                return self._apply(
-                    E.ADVERT, C.WINS, now,
-                    f"advertisement from {who} priority {priority} beats ours ({self.priority})",
-                )
+                return self._apply(E.ADVERT, C.WINS, now, "advertisement from {who} priority {prio} beats ours ({ours})")
             return self._apply(
-                E.ADVERT, C.LOSES, now,
-                f"advertisement from {who} priority {priority} while master ({self.priority}): split-brain heal",
+                E.ADVERT, C.LOSES, now, "advertisement from {who} priority {prio} while master ({ours}): split-brain heal"
             )
         return []
 
@@ -370,6 +374,9 @@ class VirtualRouter:
         elif new is not S.BACKUP:
             self.master_address = self.master_priority = None
         if new is not old:
+            if event is E.ADVERT:  # formatted only when it is shown
+                src, prio, _ = self._advert
+                reason = reason.format(who=_dotted(src), prio=prio, ours=self.priority)
             self.reason = reason
             actions.append(Transition(old, new, reason, rfc))
         return actions
@@ -387,7 +394,7 @@ class VirtualRouter:
 
     def _internal(self, step: Step, now: float) -> None:
         if step is A.START_ADVER_TIMER:
-            self._set_timer(E.ADVER_TIMER, now + _seconds(self.advert_interval))
+            self._set_timer(E.ADVER_TIMER, now + self.advert_interval / 100)
         elif step is A.OWN_INTERVAL:
             self.master_adver_interval = self.advert_interval
             self.master_address = self.master_priority = None
