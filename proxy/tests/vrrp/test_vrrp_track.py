@@ -145,3 +145,38 @@ def test_polling_tracker_follows_the_proxy(sock_path):
     assert seen[0] == (True, "status 200")
     assert seen[1] == (False, "status 503")
     assert took < 0.5  # two failed checks 50ms apart
+
+
+def test_proxy_check_against_the_real_admin_api(tmp_path):
+    """The contract with the proxy: its admin socket answers GET /v1/health with 200
+    while it serves, and nothing once it is gone. Skipped until the admin API exists."""
+    import importlib.util
+    import signal
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("fleetproxy.admin") is None:
+        pytest.skip("the proxy's admin API (fleetproxy.admin) is not in this tree yet")
+    sock = tmp_path / "admin.sock"
+    cfg = tmp_path / "proxy.yml"
+    cfg.write_text(f"global:\n  admin:\n    socket: {sock}\nfrontends: []\nbackends: []\n")
+    log = tmp_path / "proxy.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "fleetproxy", "run", "-c", str(cfg)], stdout=fh, stderr=fh)
+    try:
+        deadline = time.monotonic() + 20
+        result = (False, "not started")
+        while time.monotonic() < deadline and proc.poll() is None:
+            result = asyncio.run(check_proxy(str(sock), 1.0))
+            if result[0]:
+                break
+            time.sleep(0.1)
+        assert result == (True, "status 200"), log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert not asyncio.run(check_proxy(str(sock), 1.0))[0]
