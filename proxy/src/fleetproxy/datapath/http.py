@@ -51,20 +51,20 @@ PIPELINE_LIMIT = 64 * 1024
 WRITE_JOIN_LIMIT = 16 * 1024
 RETRY_TURNAROUND = 0.02
 
-_CONNECTION_KEEP = frozenset((b"close", b"keep-alive", b"upgrade"))
 _TUNNEL_STRIP = REQUEST_STRIP - {b"upgrade"}
 
 
 class HttpClient(LazyTimer, asyncio.Protocol):
-    def __init__(self, worker: Any, frontend: Any) -> None:
+    def __init__(self, worker: Any, frontend: Any, bind: Any = None) -> None:
         # Global state
         self.worker = worker
         self._loop = worker.loop
         self.frontend = frontend
+        self.bind = bind
         self.limits = worker.limits
         # Per-connection state
         self.transport: Any = None
-        self.parser = HttpRequestParser(self)
+        self.parser: Any = None  # created in connection_made (no cycle before it)
         self.state = IDLE
         self.buf = b""
         self.fed = 0
@@ -75,6 +75,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.peer = "-"
         self.src_ip = ""
         self.fwd = b""
+        self.tls = False
+        self.hsts = b""
         self.hc = False
         self.mc = False
         self._timer: Any = None
@@ -88,6 +90,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.backend: Any = None
         self.server: Any = None
         self.upstream: Upstream | None = None
+        self.pinned: Any = None
+        self.cookie_first: float | None = None
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.waiter: Any = None
@@ -112,6 +116,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.rleft = 0
         self.resp_started = False
         self.keep_client = True
+        self.up_keep = False
         self.status = -1
         self.bytes_out = 0
         self.term = "--"
@@ -175,6 +180,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     # -- connection ----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.parser = HttpRequestParser(self)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "0.0.0.0"
         if ip.startswith("::ffff:") and "." in ip:
@@ -182,9 +188,22 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.src_ip = ip
         self.peer = f"{ip}:{peer[1]}" if peer else "-"
         fe = self.frontend
-        self.fwd = (b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b"") + (
-            b"X-Forwarded-Proto: http\r\n"
-        )
+        fwd = b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b""
+        bind = self.bind
+        if bind is not None and bind.tls is not None:
+            self.tls = True
+            self.hsts = fe.hsts
+            fwd += b"X-Forwarded-Proto: https\r\n"
+            if bind.subject_header:
+                from ..tls import subject_string
+
+                sslobj = transport.get_extra_info("ssl_object")
+                subject = subject_string(sslobj.getpeercert() if sslobj is not None else None)
+                if subject:
+                    fwd += bind.subject_header + b": " + subject.encode("utf-8", "replace") + b"\r\n"
+        else:
+            fwd += b"X-Forwarded-Proto: http\r\n"
+        self.fwd = fwd
         self.worker.conn_opened(self)
         self.t_start = self._loop.time()
         self._arm(fe.timeouts.http_request, T_REQUEST)
@@ -204,9 +223,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.client_eof = True
         if self.state in (IDLE, HEAD):
             return False
-        if self.state == TUNNEL and self.upstream is not None:
-            if self.upstream.transport.can_write_eof():
-                self.upstream.transport.write_eof()
+        up = self.upstream
+        if self.state == TUNNEL and up is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
         # Keep the connection to send the response; close after it.
         self.keep_client = False
         return True
@@ -351,6 +370,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         extra: set[bytes] | None = None
         chunked = False
         length = 0
+        conn_close = conn_keep = False
         for name, value in REQUEST_HEADERS.findall(head):
             name = name.lower()
             if name == b"host":
@@ -366,7 +386,11 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 strip = True
                 if name == b"connection":
                     for token in connection_tokens(value):
-                        if token not in _CONNECTION_KEEP:
+                        if token == b"close":
+                            conn_close = True
+                        elif token == b"keep-alive":
+                            conn_keep = True
+                        elif token != b"upgrade":
                             if extra is None:
                                 extra = set()
                             extra.add(token)
@@ -376,7 +400,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 return
             host = b""
         self.host_b = host
-        self.keep_alive = self.parser.should_keep_alive()
+        # llhttp resets its keep-alive flags once a message completes, so decide here.
+        self.keep_alive = not conn_close if self.v11 else conn_keep and not conn_close
 
         # The head as the server will see it.
         upgrade = self.upgrade
@@ -387,6 +412,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             up_head = strip_headers(head, names)
         else:
             up_head = head
+        bind = self.bind
+        if bind is not None and bind.subject_header:
+            # Only the proxy may vouch for a client certificate.
+            up_head = strip_headers(up_head, frozenset((bind.subject_header.lower(),)))
         if upgrade:
             up_head = up_head[:-2] + self.fwd + b"Connection: upgrade\r\n\r\n"
         else:
@@ -424,11 +453,22 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
         fe = self.frontend
         fe.requests += 1
+        if fe.redirect_code and not self.tls:
+            self._redirect_https()
+            return
         backend = fe.route(self)
         if backend is None:
             self._reply_error(503, "PR" if not fe.has_rules else "P-")
             return
         self.backend = backend
+        rules = backend.cookie_rules
+        if rules is not None:
+            value, self.cookie_first = rules.server_value(head, self.wall)
+            if value is not None:
+                self.pinned = backend.by_cookie.get(value.decode("latin-1"))
+            edited = rules.request_head(up_head)
+            if edited is not up_head:
+                self.pending[0] = edited  # type: ignore[index]
         self._dispatch()
 
     def _feed_body(self, part: bytes) -> bool:
@@ -517,6 +557,21 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
     def _dispatch(self) -> None:
         be = self.backend
+        stick = be.stick
+        if self.pinned is not None:
+            # Cookie persistence: the pinned server if it may still take the client.
+            server = be.persistent(self.pinned)
+            if server is not None:
+                self._use(server)
+                return
+            self.pinned = None
+        if stick is not None:
+            key = self.src_ip.encode()
+            server = be.persistent(be.by_name.get(stick.get(key, self._loop.time()) or ""))
+            if server is not None:
+                stick.put(key, server.name, self._loop.time())
+                self._use(server)
+                return
         if not be.usable:
             be.no_server += 1
             self._reply_error(503, "SC")
@@ -539,8 +594,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     def _use(self, server: Any) -> None:
         if self.t_queue < 0:
             self.t_queue = 0
-        self.backend.acquire(server)
+        be = self.backend
+        be.acquire(server)
+        server.sessions.add(self)
         self.server = server
+        if be.stick is not None and self.pinned is None:
+            key = self.src_ip.encode()
+            be.stick.put(key, server.name, self._loop.time())
+            sync = self.worker.stick_sync
+            if sync is not None:
+                sync(be.name, key, server.name)
         self.t_mark = self._loop.time()
         conn = take_idle(server, self.t_mark, self.worker.pool_idle_timeout)
         if conn is not None:
@@ -556,9 +619,15 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     async def _open(self, server: Any) -> None:
         loop = self._loop
         try:
-            _, conn = await loop.create_connection(
-                lambda: Upstream(loop, server), server.host, server.port
-            )
+            if server.tls is None:
+                _, conn = await loop.create_connection(
+                    lambda: Upstream(loop, server), server.host, server.port
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: Upstream(loop, server), server.host, server.port,
+                    ssl=server.tls, server_hostname=server.tls_sni,
+                )
         except OSError as exc:
             self.connecting = None
             self._connect_failed(exc)
@@ -568,12 +637,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             conn.release()
             return
         self.t_connect = int((loop.time() - self.t_mark) * 1000)
+        if server.obs_errors and server.observe == 4:
+            server.obs_errors = 0
         self._send(conn)
 
     def _connect_failed(self, exc: Exception | None) -> None:
         server = self.server
         be = self.backend
         server.conn_errors += 1
+        if server.observe:
+            self._observe_error(server, "L4CON: connection failed" if exc is not None else "L4TOUT: connect timeout")
         if self.state == CLOSED:
             return
         if self.retries >= be.retries:
@@ -585,7 +658,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             other = be.pick_other(server, self._hash_key(be) if be.key_kind else None)
             if other is not None:
                 be.release(server)
+                server.sessions.discard(self)
                 be.acquire(other)
+                other.sessions.add(self)
                 other.redispatches += 1
                 self.server = other
         self._disarm()
@@ -721,6 +796,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         length = -1
         chunked = False
         until_close = False
+        conn_close = conn_keep = False
         for name, value in RESPONSE_HEADERS.findall(head):
             name = name.lower()
             if name == b"content-length":
@@ -734,10 +810,15 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 strip = True
                 if name == b"connection":
                     for token in connection_tokens(value):
-                        if token not in _CONNECTION_KEEP:
+                        if token == b"close":
+                            conn_close = True
+                        elif token == b"keep-alive":
+                            conn_keep = True
+                        elif token != b"upgrade":
                             if extra is None:
                                 extra = set()
                             extra.add(token)
+        self.up_keep = not conn_close if head[5:8] == b"1.1" else conn_keep and not conn_close
 
         if self.method == b"HEAD" or status in (204, 304):
             rstate = R_NONE
@@ -769,6 +850,12 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         elif not self.v11:
             head = head[:-2] + b"Connection: keep-alive\r\n\r\n"
 
+        if self.hsts:
+            head = head[:-2] + self.hsts + b"\r\n"
+        rules = self.backend.cookie_rules
+        if rules is not None and self.server is not None:
+            head = rules.response_head(head, self.server.cookie, self.pinned is self.server,
+                                       self.wall, self.cookie_first)
         self.resp_started = True
         self.rstate = rstate
         self.bytes_out += len(head)
@@ -944,8 +1031,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.upstream = None
         self.rstate = R_NONE
         if up is not None:
-            if reusable and up.mc and self.state == DONE and self.v11 and not self.upgrade \
-                    and up.parser.should_keep_alive():
+            if reusable and up.mc and self.up_keep and self.state == DONE and self.v11 \
+                    and not self.upgrade:
                 up.release()
             else:
                 up.close()
@@ -991,7 +1078,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.server = None
             server.responses[cls] += 1
             server.bytes_out += self.bytes_out
+            server.sessions.discard(self)
             be.release(server)
+            if server.observe:
+                if status >= 500 and (server.observe == 7 or self.term[0] == "S"):
+                    self._observe_error(server, f"status {status}")
+                elif server.obs_errors and 100 <= status < 500:
+                    server.obs_errors = 0
         if self.waiter is not None:
             self.waiter.cancelled = True
             self.waiter = None
@@ -1116,3 +1209,60 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             return True
         self.keep_client = False
         return False
+
+    def kill_session(self) -> None:
+        """``shutdown sessions``: abort this transaction at once (termination K)."""
+        if self.state != CLOSED:
+            self.term = "KD" if self.resp_started else "KC"
+            self._close(abort=True)
+
+    def _observe_error(self, server: Any, reason: str) -> None:
+        """Passive check: report after ``error_limit`` consecutive errors."""
+        server.obs_errors += 1
+        if server.obs_errors >= server.cfg.error_limit:
+            server.obs_errors = 0
+            observer = self.worker.observer
+            if observer is not None:
+                observer(server.backend.name, server.name, False, reason)
+
+    def _redirect_https(self) -> None:
+        """``redirect_to_https`` on a plain bind: 301 (or the configured code) to https."""
+        fe = self.frontend
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        port = "" if fe.https_port == 443 else f":{fe.https_port}"
+        target = self.target.decode("latin-1")
+        if not target.startswith("/"):
+            target = "/" + target.split("://", 1)[-1].partition("/")[2]
+        code = fe.redirect_code
+        if code == 301 and self.method not in (b"GET", b"HEAD"):
+            code = 308  # keep the method and body
+        reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
+                  308: "Permanent Redirect"}[code]
+        location = f"https://{host}{port}{target}"
+        keep = self.keep_alive and self.state == DONE and not self.worker.stopping
+        head = (f"HTTP/1.1 {code} {reason}\r\nLocation: {location}\r\nContent-Length: 0\r\n"
+                + ("" if keep else "Connection: close\r\n") + "\r\n").encode("latin-1", "replace")
+        self.transport.write(head)
+        self.status = code
+        self.resp_started = True
+        self.bytes_out += len(head)
+        self.keep_client = keep
+        self.pending = None
+        self._end_transaction()
+        if keep:
+            self._next_request()
+        else:
+            self._close()
+
+
+class TlsHttpClient(HttpClient):
+    """A client on a TLS bind.  asyncio creates the protocol before the handshake
+    and calls ``connection_made`` only after it succeeded, so a protocol dropped
+    without ``connection_made`` is a failed (or abandoned) handshake: counted."""
+
+    def __del__(self) -> None:
+        if self.peer == "-" and self.bind is not None and self.bind.tls is not None:
+            self.bind.tls.handshake_failures += 1
+            self.frontend.tls_failures += 1
