@@ -77,6 +77,7 @@ def remove_leftovers(prefix: str = "fpv") -> None:
         name = line.split(" ")[0]
         m = pat.match(name)
         if m and not _pid_alive(int(m.group(1))):
+            _kill_netns_pids(name)
             run("ip", "netns", "del", name, check=False)
     links = run("ip", "-o", "link", "show", check=False).stdout.split("\n")
     for line in links:
@@ -87,6 +88,14 @@ def remove_leftovers(prefix: str = "fpv") -> None:
             if m and not _pid_alive(int(m.group(1))):
                 run("ip", "link", "del", name, check=False)
                 _iptables_forward(name, add=False)
+
+
+def _kill_netns_pids(name: str) -> None:
+    """SIGKILL what still runs in one of our namespaces (daemons, their hooks and
+    checks, keepalived's children): processes a lab started, directly or not."""
+    for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def _iptables_forward(bridge: str, add: bool) -> None:
@@ -221,6 +230,7 @@ class Lab:
                     if Path(f"/proc/{pid}/comm").read_text().strip() == "keepalived":
                         os.kill(pid, signal.SIGKILL)
         for ns in self._netns:
+            _kill_netns_pids(ns)
             run("ip", "netns", "del", ns, check=False)
         run("ip", "link", "del", self.bridge, check=False)
         _iptables_forward(self.bridge, add=False)
