@@ -482,3 +482,10 @@ def test_without_preempt_a_late_higher_router_does_not_take_over(prios):
         lan.start(i, 1.0 + i * 0.01)
     lan.run_until(5.0)
     assert lan.routers[0].state is State.MASTER and lan.masters() == 1
+
+
+@given(priorities, st.integers(1, 4095))
+def test_float_timers_equal_the_exact_ones(priority, interval):
+    r = router(priority=priority, interval=interval)
+    assert r.skew_time == pytest.approx(float(skew_time_cs(priority, interval) / 100), abs=1e-12)
+    assert r.master_down_interval == pytest.approx(float(master_down_interval_cs(priority, interval) / 100), abs=1e-12)
