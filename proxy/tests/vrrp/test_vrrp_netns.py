@@ -402,3 +402,17 @@ def test_runs_with_only_cap_net_admin_and_cap_net_raw(lab2):
     settle(lab2, a, [b])
     took = failover(lab2, p.kill, b)
     assert took is not None and took <= mdi(100) + 0.1
+
+
+def test_without_capabilities_it_fails_with_a_clear_message(lab2):
+    a, _ = lab2.nodes
+    a.sh("ip", "addr", "add", f"{VIP}/24", "dev", "eth0")  # a stale VIP it may not remove
+    path = lab2.path("nocaps.yml")
+    import yaml
+
+    with open(path, "w") as f:
+        yaml.safe_dump(lab2.vrrp_config(a), f)
+    r = a.sh("setpriv", "--bounding-set", "-all", "--inh-caps", "-all",
+             sys.executable, "-m", "fleetproxy", "vrrp", "run", "-c", path, check=False)
+    assert r.returncode == 1, r.stderr
+    assert "needs CAP_NET_ADMIN and CAP_NET_RAW" in r.stderr and "Traceback" not in r.stderr, r.stderr

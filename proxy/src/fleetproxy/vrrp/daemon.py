@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -23,6 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import Instance, Track, VrrpConfig
 from .net import GarpSender, Netlink, link_up, open_vrrp_socket, watch_netlink
@@ -488,7 +491,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.netlink.open()
         try:
-            await self._open_status()
+            try:
+                await self._open_status()
+            except OSError as exc:
+                log.error("cannot open the status socket %s: %s", self.cfg.status_socket, exc.strerror or exc)
+                return 1
             by_if: dict[str, set[str]] = {}
             for inst in self.cfg.instances:
                 by_if.setdefault(inst.interface, set()).update(inst.vip_addresses)
@@ -499,7 +506,12 @@ class Daemon:
             self._watch = loop.create_task(watch_netlink(self._on_netlink), name="vrrp netlink")
             try:
                 for r in self.runners:
-                    await r.prepare()
+                    try:
+                        await r.prepare()
+                    except (OSError, NetlinkError) as exc:
+                        code = getattr(exc, "errno", None) or getattr(exc, "code", None)
+                        hint = " (needs CAP_NET_ADMIN and CAP_NET_RAW)" if code in (errno.EPERM, errno.EACCES) else ""
+                        raise StartupError(f"{r.name}: cannot set up {r.cfg.interface}: {exc}{hint}") from None
             except StartupError as exc:
                 log.error("%s", exc)
                 return 1
