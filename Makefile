@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy test-modules lint bench clean
+.PHONY: all venv demo test test-proxy test-modules lint bench bench-failover clean
 
 all: test
 
@@ -45,6 +45,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python proxy/bench/run.py
+
+# VRRP failover against keepalived (root: network namespaces); writes proxy/bench/RESULTS-failover.md
+bench-failover: $(STAMP)
+	$(BIN)/python proxy/bench/failover.py
 
 clean:
 	rm -rf $(VENV) proxy/src/*.egg-info
