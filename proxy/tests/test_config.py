@@ -442,7 +442,7 @@ documents = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["global", "defaults", "frontends", "backends"]), documents, max_size=4))
 def test_random_documents_raise_only_config_errors(doc: dict[str, Any]) -> None:
     try:
@@ -547,7 +547,7 @@ def _dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(by_alias=True, mode="json", exclude_none=True), sort_keys=False)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_configs())
 def test_valid_configs_round_trip(doc: dict[str, Any]) -> None:
     """Generated valid documents load; what the model dumps loads back to the same config."""

@@ -23,7 +23,8 @@ Every response names the backend (``X-Served-By``), the connection (``X-Conn``,
 an index into :attr:`Backend.connections`), the request number on it
 (``X-Req``), and the request body's length and SHA-256 (``X-Body-Length``,
 ``X-Body-Sha256``).  ``Expect: 100-continue`` gets ``100 Continue`` first unless
-``expect=ignore``.  ``rh=Name: value|Other: value`` adds response headers.
+``expect=ignore``.  ``rh=Name: value|Other: value`` adds response headers, ``pad=N``
+a header of N bytes.
 ``stall_after=N&stall=S`` stops reading for S seconds once
 N request-body bytes arrived (backpressure tests).
 
@@ -437,6 +438,7 @@ class _BackendConn(asyncio.Protocol):
             f"X-Body-Sha256: {req.body_sha256}",
             *extra,
             *(h for h in req.query.get("rh", "").split("|") if h),
+            *([f"X-Pad: {'p' * int(req.query['pad'])}"] if "pad" in req.query else []),
         ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
