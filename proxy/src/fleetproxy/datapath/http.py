@@ -755,6 +755,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._arm(self.backend.timeouts.server, T_SERVER)
             return
         end += 4
+        if end > self.limits.max_head:
+            self._bad_response()
+            return
         upgraded = False
         try:
             up.parser.feed_data(buf[self.rfed : end] if self.rfed or end != len(buf) else buf)
