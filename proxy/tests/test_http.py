@@ -543,6 +543,26 @@ def test_http_request_timeout_covers_a_trickled_head(proxy: Any, backend: Any, p
     assert a.total_bytes == 0
 
 
+@pytest.mark.parametrize("fin", [False, True], ids=["stalled", "half-closed"])
+def test_client_stalling_mid_body_is_cut_by_timeout_client(proxy: Any, backend: Any, port: Any, fin: bool) -> None:
+    """Head and part of the body, then nothing: `timeout client` ends it, the server
+    connection is closed and the slot freed (a body slowloris must not hold them forever)."""
+    a = backend("a")
+    p = proxy(http_config(port(), [server("a", a, maxconn=1)],
+                          defaults={"timeouts": {"client": "1s", "connect": "300ms", "queue": "5s"}}))
+    with connect(p.port()) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-part")
+        if fin:
+            s.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
+        data, closed = read_until_close(s, 6)
+        assert closed and 0.7 < time.monotonic() - t0 < 4, (data, time.monotonic() - t0)
+    assert a.wait_for(lambda: a.connections[0].eof, 2)
+    assert get(p.port(), "/next").status == 200  # the server slot was released
+    line = p.wait_log(1)[0]
+    assert " cD--" in line and re.search(r" \d+/\d+/\d+/\d+/0 ", line), line  # no bogus retry
+
+
 def test_idle_client_is_closed_after_keep_alive_timeout(proxy: Any, backend: Any, port: Any) -> None:
     a = backend("a")
     p = proxy(http_config(port(), [server("a", a)], defaults={"timeouts": {"http_keep_alive": "400ms"}}))
