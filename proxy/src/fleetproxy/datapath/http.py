@@ -690,6 +690,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[index]
         if self.state != BODY:
             self._arm(self.backend.timeouts.server, T_SERVER)
+        else:  # more body to come: replaces the connect timer
+            self._arm(self.frontend.timeouts.client, T_CLIENT)
 
     # -- server data ------------------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
