@@ -475,6 +475,46 @@ def test_idle_websocket_is_closed_after_timeout_tunnel(proxy: Any, backend: Any,
         assert 0.4 < time.monotonic() - t0 < 4
 
 
+def test_tunnel_keeps_timeout_tunnel_after_backpressure(proxy: Any, backend: Any, port: Any) -> None:
+    """A slow reader pauses the server side of a tunnel (4 MiB flood, all delivered);
+    once it caught up, the idle tunnel lives on past `timeout server` (1 s): `timeout
+    tunnel` (30 s) governs it.  (test_datapath_units covers the pause/resume timers.)"""
+    a = backend("a")
+    p = proxy(http_config(port(), [server("a", a)],
+                          defaults={"timeouts": {"tunnel": "30s", "server": "1s", "client": "10s"}}))
+    size = 4 << 20
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 10)  # a small window: real backpressure
+        s.settimeout(10)
+        s.connect(p.addr())
+        s.sendall(request("GET", f"/t?mode=tunnel&flood={size}",
+                          headers=[("Connection", "Upgrade"), ("Upgrade", "test")]))
+        head, rest = _read_head(s)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        time.sleep(0.5)  # the flood backs up into the proxy, which must pause the server
+        got = len(rest)
+        deadline = time.monotonic() + 20
+        while got < size and time.monotonic() < deadline:  # a slow reader, to the very end
+            got += len(s.recv(32 << 10))
+            time.sleep(0.002)
+        assert got == size
+        time.sleep(2.5)  # idle for longer than timeout server
+        s.sendall(b"still there?")
+        assert recv_exact(s, 12, 5) == b"still there?"
+
+
+def recv_exact(s: socket.socket, n: int, timeout: float) -> bytes:
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        data = s.recv(min(1 << 20, n - len(out)))
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
 def test_upgrade_refused_by_server_is_a_normal_response(proxy: Any, backend: Any, port: Any) -> None:
     """A server answering 200 to an Upgrade request: no tunnel, the response is relayed."""
     a = backend("a")
