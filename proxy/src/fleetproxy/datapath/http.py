@@ -240,14 +240,20 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.pause_reading()
-        self._arm(self.frontend.timeouts.client, T_CLIENT)
+        if self.state == TUNNEL:  # timeout tunnel supersedes client and server timeouts
+            self._arm(self._tunnel_timeout(), T_TUNNEL)
+        else:
+            self._arm(self.frontend.timeouts.client, T_CLIENT)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.resume_reading()
-            self._arm(self._server_timeout(), T_SERVER)
+            if self.state == TUNNEL:
+                self._arm(self._tunnel_timeout(), T_TUNNEL)
+            else:
+                self._arm(self._server_timeout(), T_SERVER)
 
     def _pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
