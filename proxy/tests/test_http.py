@@ -30,6 +30,21 @@ from proxytest.proxy import free_port
 HOP_BY_HOP = ("connection", "keep-alive", "te", "trailer", "proxy-connection", "upgrade")
 
 
+@pytest.fixture(scope="module")
+def _shared_plain(module_proxy: Any, module_backend: Any) -> tuple[Any, Any]:
+    a = module_backend("a")
+    return module_proxy(http_config(free_port(), [server("a", a)])), a
+
+
+@pytest.fixture
+def plain(_shared_plain: tuple[Any, Any]) -> tuple[Any, Any]:
+    """One proxy with the default config in front of one backend "a", shared by the tests
+    of this module that need nothing else (starting a proxy costs about a second)."""
+    _, a = _shared_plain
+    a.reset()
+    return _shared_plain
+
+
 def served(port: int, targets: list[str], headers: list[tuple[str, str]] | None = None,
            batch: int = 50, source: str | None = None) -> list[str]:
     """X-Served-By of each request, sent pipelined in batches on one connection."""
@@ -222,21 +237,19 @@ def test_routing_condition_end_to_end(routing_proxy: Any, case: str, req: dict[s
 # --------------------------------------------------------------------------
 
 
-def test_connection_reuse_one_client(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_connection_reuse_one_client(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     with Client(p.port()) as c:
         for i in range(100):
             r = c.request("GET", f"/{i}")
             assert r.status == 200 and r.keep_alive
     assert len(a.requests) == 100
-    assert a.conn_count == 1, a.conn_count
+    assert a.conn_count <= 1, a.conn_count  # one at most (the shared proxy may have one pooled)
 
 
-def test_connection_reuse_across_clients(proxy: Any, backend: Any, port: Any) -> None:
+def test_connection_reuse_across_clients(plain: tuple[Any, Any]) -> None:
     """The pool is per server, not per client: 100 short client connections, few upstream ones."""
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+    p, a = plain
     for i in range(100):
         assert get(p.port(), f"/{i}").status == 200
     assert len(a.requests) == 100
@@ -257,9 +270,8 @@ def test_pool_is_lifo_and_idle_connections_expire(proxy: Any, backend: Any, port
     assert a.wait_for(lambda: not a.open_connections(), 6), a.open_connections()
 
 
-def test_server_closing_a_pooled_connection_is_harmless(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_server_closing_a_pooled_connection_is_harmless(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     for _ in range(5):
         assert get(p.port(), "/").status == 200
         a.close_all()  # the server closes its idle keep-alive connection
@@ -283,9 +295,8 @@ def test_reused_connection_closed_by_server_replays_safe_request_once(proxy: Any
     assert a.conn_count == 2
 
 
-def test_pipelined_requests_are_answered_in_order(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_pipelined_requests_are_answered_in_order(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     targets = ["/1?mode=slow&delay=0.3", "/2", "/3?mode=chunked&size=100000", "/4?mode=slow&delay=0.1", "/5",
                "/6?mode=large&size=70000", "/7"]
     with Client(p.port()) as c:
@@ -299,9 +310,8 @@ def test_pipelined_requests_are_answered_in_order(proxy: Any, backend: Any, port
     assert [q.path for q in a.requests] == [t.split("?")[0] for t in targets] + ["/8"]
 
 
-def test_pipelined_post_bodies(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_pipelined_post_bodies(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     bodies = [b"x" * n for n in (0, 1, 1000, 70000, 5)]
     with Client(p.port()) as c:
         c.send(b"".join(request("POST", f"/{i}", body=b, headers=[("Content-Length", str(len(b)))])
@@ -310,9 +320,8 @@ def test_pipelined_post_bodies(proxy: Any, backend: Any, port: Any) -> None:
     assert [int(r.header("X-Body-Length")) for r in got] == [len(b) for b in bodies]
 
 
-def test_head_204_304_keep_the_connection_usable(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_head_204_304_keep_the_connection_usable(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     with connect(p.port()) as s:
         s.sendall(request("HEAD", "/h"))
         head, _ = _read_head(s)
@@ -341,11 +350,10 @@ def _read_head(s: socket.socket, timeout: float = 5) -> tuple[bytes, bytes]:
 # --------------------------------------------------------------------------
 
 
-def test_chunked_request_body(proxy: Any, backend: Any, port: Any) -> None:
+def test_chunked_request_body(plain: tuple[Any, Any]) -> None:
     import hashlib
 
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+    p, a = plain
     pieces = [b"a" * 10, b"b" * 70000, b"c" * 3, b"d" * 16384]
     body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(x), x) for x in pieces) + b"0\r\nX-Trailer: t\r\n\r\n"
     with Client(p.port()) as c:
@@ -364,23 +372,21 @@ def test_chunked_request_body(proxy: Any, backend: Any, port: Any) -> None:
     assert req.header("Transfer-Encoding") == "chunked"
 
 
-def test_chunked_response_body(proxy: Any, backend: Any, port: Any) -> None:
+def test_chunked_response_body(plain: tuple[Any, Any]) -> None:
     from proxytest.backend import pattern_digest
 
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+    p, a = plain
     with Client(p.port()) as c:
         for size, chunk in ((0, 1), (1, 1), (100000, 7000), (3 << 20, 65536)):
             r = c.request("GET", f"/c?mode=chunked&size={size}&chunk={chunk}")
             assert r.status == 200 and r.header("Transfer-Encoding") == "chunked"
             assert r.body_len == size and r.body_sha256 == pattern_digest(size)
             assert r.trailers == [(b"X-Trailer", b"done")]
-    assert a.conn_count == 1
+    assert a.conn_count <= 1
 
 
-def test_expect_100_continue(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_expect_100_continue(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     body = b"z" * 50000
     with connect(p.port()) as s:
         s.sendall(request("POST", "/upload", headers=[("Expect", "100-continue"),
@@ -418,15 +424,14 @@ def test_server_connection_close_is_not_reused(proxy: Any, backend: Any, port: A
     assert a.conn_count == 3
 
 
-def test_client_connection_close_is_honoured(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_client_connection_close_is_honoured(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     for i in range(3):
         with Client(p.port()) as c:
             r = c.request("GET", f"/{i}", headers=[("Connection", "close")])
             assert r.status == 200 and r.header("Connection") == "close"
             assert c.closed_by_peer()
-    assert a.conn_count == 1  # the server side stayed keep-alive and was reused
+    assert a.conn_count <= 1  # the server side stayed keep-alive and was reused
 
 
 def test_response_head_over_the_limit_is_502(proxy: Any, backend: Any, port: Any) -> None:
@@ -515,17 +520,15 @@ def recv_exact(s: socket.socket, n: int, timeout: float) -> bytes:
     return bytes(out)
 
 
-def test_upgrade_refused_by_server_is_a_normal_response(proxy: Any, backend: Any, port: Any) -> None:
+def test_upgrade_refused_by_server_is_a_normal_response(plain: tuple[Any, Any]) -> None:
     """A server answering 200 to an Upgrade request: no tunnel, the response is relayed."""
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+    p, a = plain
     r = exchange(p.port(), request("GET", "/", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")]))
     assert r[0].status == 200 and r[0].header("X-Served-By") == "a"
 
 
-def test_http10_client(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_http10_client(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     with connect(p.port()) as s:
         s.sendall(b"GET /old HTTP/1.0\r\n\r\n")
         data, closed = read_until_close(s)
@@ -828,9 +831,8 @@ def test_ipv6_and_dual_stack_binds(proxy: Any, backend: Any, port: Any) -> None:
 # --------------------------------------------------------------------------
 
 
-def test_forwarded_headers_and_hop_by_hop_removal(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_forwarded_headers_and_hop_by_hop_removal(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     with Client(p.port(), source="127.0.0.5") as c:
         r = c.request("GET", "/h", host="app.example.com:8443", headers=[
             ("X-Forwarded-For", "198.18.0.9"),
@@ -863,9 +865,8 @@ def test_forwardfor_can_be_disabled(proxy: Any, backend: Any, port: Any) -> None
     assert a.requests[0].header("X-Forwarded-Proto") == "http"
 
 
-def test_response_hop_by_hop_headers_are_removed(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_response_hop_by_hop_headers_are_removed(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     rh = "Connection: X-Private|X-Private: 1|Keep-Alive: timeout=5|Proxy-Connection: x|Trailer: X|X-Kept: yes"
     with Client(p.port()) as c:
         r = c.request("GET", f"/?rh={quote(rh)}")
@@ -877,15 +878,14 @@ def test_response_hop_by_hop_headers_are_removed(proxy: Any, backend: Any, port:
         assert c.request("GET", "/again").status == 200  # still keep-alive
 
 
-def test_raw_header_bytes_are_forwarded_as_received(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_raw_header_bytes_are_forwarded_as_received(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     head = (b"GET /raw?q=%41 HTTP/1.1\r\nhOsT: a.test\r\nx-MiXeD-case:  spaced  value\t\r\n"
             b"X-Dup: 1\r\nX-Dup: 2\r\nX-Empty:\r\n\r\n")
     assert exchange(p.port(), head)[0].status == 200
-    raw = bytes(a.connections[0].data)
-    assert raw.startswith(b"GET /raw?q=%41 HTTP/1.1\r\nhOsT: a.test\r\nx-MiXeD-case:  spaced  value\t\r\n"
-                          b"X-Dup: 1\r\nX-Dup: 2\r\nX-Empty:\r\n")
+    (conn,) = [c for c in a.connections if b"GET /raw?q=%41 " in c.data]
+    assert (b"\r\n\r\nGET /raw?q=%41 HTTP/1.1\r\nhOsT: a.test\r\nx-MiXeD-case:  spaced  value\t\r\n"
+            b"X-Dup: 1\r\nX-Dup: 2\r\nX-Empty:\r\n" in b"\r\n\r\n" + bytes(conn.data))
 
 
 # --------------------------------------------------------------------------
@@ -945,13 +945,13 @@ HTTPLOG = re.compile(
 )
 
 
-def test_http_access_log_line(proxy: Any, backend: Any, port: Any) -> None:
-    a = backend("a")
-    p = proxy(http_config(port(), [server("a", a)]))
+def test_http_access_log_line(plain: tuple[Any, Any]) -> None:
+    p, a = plain
     with Client(p.port()) as c:
         r1 = c.request("GET", "/logged?x=1")
         r2 = c.request("GET", "/slowly?mode=slow&delay=0.3")
-    lines = p.wait_log(2)
+    lines = p.wait_log(lambda lines: any("/slowly?" in x for x in lines))
+    lines = [x for x in lines if '"GET /logged?x=1 ' in x or '"GET /slowly?' in x]
     assert len(lines) == 2, lines
     m1, m2 = (HTTPLOG.match(line) for line in lines)
     assert m1 and m2, lines
