@@ -311,7 +311,7 @@ def test_pipelined_requests_are_answered_in_order(plain: tuple[Any, Any]) -> Non
 
 
 def test_pipelined_post_bodies(plain: tuple[Any, Any]) -> None:
-    p, a = plain
+    p, _a = plain
     bodies = [b"x" * n for n in (0, 1, 1000, 70000, 5)]
     with Client(p.port()) as c:
         c.send(b"".join(request("POST", f"/{i}", body=b, headers=[("Content-Length", str(len(b)))])
@@ -321,7 +321,7 @@ def test_pipelined_post_bodies(plain: tuple[Any, Any]) -> None:
 
 
 def test_head_204_304_keep_the_connection_usable(plain: tuple[Any, Any]) -> None:
-    p, a = plain
+    p, _a = plain
     with connect(p.port()) as s:
         s.sendall(request("HEAD", "/h"))
         head, _ = _read_head(s)
@@ -522,7 +522,7 @@ def recv_exact(s: socket.socket, n: int, timeout: float) -> bytes:
 
 def test_upgrade_refused_by_server_is_a_normal_response(plain: tuple[Any, Any]) -> None:
     """A server answering 200 to an Upgrade request: no tunnel, the response is relayed."""
-    p, a = plain
+    p, _a = plain
     r = exchange(p.port(), request("GET", "/", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")]))
     assert r[0].status == 200 and r[0].header("X-Served-By") == "a"
 
@@ -866,7 +866,7 @@ def test_forwardfor_can_be_disabled(proxy: Any, backend: Any, port: Any) -> None
 
 
 def test_response_hop_by_hop_headers_are_removed(plain: tuple[Any, Any]) -> None:
-    p, a = plain
+    p, _a = plain
     rh = "Connection: X-Private|X-Private: 1|Keep-Alive: timeout=5|Proxy-Connection: x|Trailer: X|X-Kept: yes"
     with Client(p.port()) as c:
         r = c.request("GET", f"/?rh={quote(rh)}")
@@ -946,7 +946,7 @@ HTTPLOG = re.compile(
 
 
 def test_http_access_log_line(plain: tuple[Any, Any]) -> None:
-    p, a = plain
+    p, _a = plain
     with Client(p.port()) as c:
         r1 = c.request("GET", "/logged?x=1")
         r2 = c.request("GET", "/slowly?mode=slow&delay=0.3")

@@ -60,7 +60,7 @@ def recv_exact(s: socket.socket, n: int, timeout: float = 10) -> bytes:
 
 
 def test_relay_echo(echo: tuple[Any, Any]) -> None:
-    p, e = echo
+    p, _e = echo
     with dial(p.port()) as s:
         for msg in (b"ping\n", b"x" * 100000, bytes(range(256)) * 64):
             s.sendall(msg)
@@ -69,7 +69,7 @@ def test_relay_echo(echo: tuple[Any, Any]) -> None:
 
 def test_relay_large_bidirectional_stream(echo: tuple[Any, Any]) -> None:
     """8 MiB each way at once: backpressure on both sides, nothing lost or reordered."""
-    p, e = echo
+    p, _e = echo
     size = 8 << 20
     data = bytes(range(256)) * (size // 256)
     with dial(p.port()) as s:
@@ -108,7 +108,7 @@ def test_server_half_close_reaches_the_client(first: tuple[Any, Any]) -> None:
 def test_server_greeting_is_never_lost(first: tuple[Any, Any]) -> None:
     """Server-first protocols (SMTP, MySQL): the greeting, and even the server's FIN, may
     arrive before the proxy has finished setting up the server connection."""
-    p, f = first
+    p, _f = first
     for _ in range(40):
         with dial(p.port()) as s:
             s.shutdown(socket.SHUT_WR)
@@ -117,7 +117,7 @@ def test_server_greeting_is_never_lost(first: tuple[Any, Any]) -> None:
 
 
 def test_tcp_connection_ends_when_both_sides_closed(first: tuple[Any, Any]) -> None:
-    p, f = first
+    p, _f = first
     s = dial(p.port())
     me = f"127.0.0.1:{s.getsockname()[1]} "
     assert recv_exact(s, 8) == b"hello f\n"
@@ -235,7 +235,7 @@ def test_tcp_frontend_maxconn_waits(proxy: Any, backend: Any, port: Any) -> None
 
 
 def test_tcp_access_log_line(echo: tuple[Any, Any]) -> None:
-    p, e = echo
+    p, _e = echo
     with dial(p.port()) as s:
         me = f"127.0.0.1:{s.getsockname()[1]} "
         s.sendall(b"12345")
