@@ -176,6 +176,15 @@ BAD_DOCS = [
                  "backends[0].servers[1].name: duplicate server name 's'", id="dup-server"),
     pytest.param({"frontends": [{"name": "a", "bind": ["*:80"]}, {"name": "b", "bind": ["0.0.0.0:80"]}]},
                  "frontends[1].bind[0]: 0.0.0.0:80 is already bound by frontends[0].bind[0]", id="dup-bind"),
+    pytest.param({"frontends": [{"name": "a", "bind": ["[::]:80"]}, {"name": "b", "bind": ["*:80"]}]},
+                 "frontends[1].bind[0]: *:80 is already bound by frontends[0].bind[0] ([::]:80)",
+                 id="dual-stack-overlap"),
+    pytest.param({"frontends": [{"name": "a", "bind": ["127.0.0.1:80", "*:80"]}]},
+                 "frontends[0].bind[1]: *:80 is already bound by frontends[0].bind[0] (127.0.0.1:80)",
+                 id="wildcard-overlap"),
+    pytest.param({"frontends": [{"name": "a", "bind": ["[::1]:80", "[::]:80"]}]},
+                 "frontends[0].bind[1]: [::]:80 is already bound by frontends[0].bind[0] ([::1]:80)",
+                 id="v6-wildcard-overlap"),
     pytest.param(minimal(frontends=[{"name": "fe", "bind": ["*:80"], "rules": [{"if": {}, "use_backend": "be"}]}]),
                  "frontends[0].rules[0].if: empty condition", id="empty-if"),
     pytest.param(minimal(frontends=[{"name": "fe", "bind": ["*:80"], "rules": [{"if": {"path": "/"}}]}]),
@@ -364,6 +373,12 @@ def test_builtin_defaults() -> None:
     assert (t.connect, t.client, t.server, t.http_request, t.http_keep_alive, t.queue) == (5, 50, 50, 10, 10, 5)
     s = be.servers[0]
     assert (s.weight, s.backup, s.maxconn, s.check, s.disabled) == (1, False, None, False, False)
+
+
+def test_binds_that_can_coexist() -> None:
+    """Distinct addresses on one port, and an IPv4 wildcard beside an IPv6 address."""
+    parse({"frontends": [{"name": "a", "bind": ["127.0.0.1:80", "127.0.0.2:80", "[::1]:80", "0.0.0.0:81"]},
+                         {"name": "b", "bind": ["[::1]:81", "*:82", "127.0.0.1:83"]}]})
 
 
 def test_bind_forms() -> None:
