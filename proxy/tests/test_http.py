@@ -344,6 +344,12 @@ def test_head_204_304_keep_the_connection_usable(plain: tuple[Any, Any]) -> None
         got = ResponseReader(s).read(3)
     assert [r.status for r in got] == [204, 304, 200]
     assert got[2].body.endswith(b"/after\n")
+    with connect(p.port()) as s:  # HEAD of a chunked response: no body, and still in sync
+        s.sendall(request("HEAD", "/hc?mode=chunked&size=5000"))
+        head, rest = _read_head(s)
+        assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head and rest == b""
+        s.sendall(request("GET", "/after-head"))
+        assert ResponseReader(s).read_one().body.endswith(b"/after-head\n")
 
 
 def _read_head(s: socket.socket, timeout: float = 5) -> tuple[bytes, bytes]:
