@@ -309,6 +309,21 @@ def test_reused_connection_closed_by_server_replays_safe_request_once(proxy: Any
     assert a.conn_count == 2
 
 
+def test_reused_connection_closed_by_server_never_replays_a_post(proxy: Any, backend: Any, port: Any) -> None:
+    """The same race with a POST: it may have been processed, so it is not sent again."""
+    a = backend("a")
+    p = proxy(http_config(port(), [server("a", a)]))
+    assert get(p.port(), "/").status == 200
+    (conn,) = a.open_connections()
+    a.call(lambda: setattr(next(iter(a._protocols)), "drop_next", True))
+    with Client(p.port()) as c:
+        r = c.request("POST", "/pay", body=b"amount=10")
+    assert r.status == 502
+    assert b"POST /pay " in bytes(conn.data)
+    assert a.conn_count == 1  # no second attempt on a new connection
+    assert [q.path for q in a.requests] == ["/"]
+
+
 def test_pipelined_requests_are_answered_in_order(plain: tuple[Any, Any]) -> None:
     p, a = plain
     targets = ["/1?mode=slow&delay=0.3", "/2", "/3?mode=chunked&size=100000", "/4?mode=slow&delay=0.1", "/5",
