@@ -92,6 +92,17 @@ def test_run_refuses_an_invalid_config_and_binds_nothing(tmp_path: Path) -> None
         pass
 
 
+def test_check_refuses_binds_that_run_could_not_bind(tmp_path: Path) -> None:
+    """`[::]` is dual-stack: with `*:P` on the same port the proxy cannot start, so the
+    check (which the Ansible role runs before installing a config) must say so."""
+    port = free_port()
+    path = write(tmp_path, {"frontends": [{"name": "v6", "bind": [f"[::]:{port}"]},
+                                          {"name": "v4", "bind": [f"*:{port}"]}]})
+    r = fleetproxy("check", "-c", str(path))
+    assert r.returncode == 1
+    assert f"frontends[1].bind[0]: *:{port} is already bound by frontends[0].bind[0] ([::]:{port})" in r.stderr
+
+
 def test_run_reports_a_bind_that_fails(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

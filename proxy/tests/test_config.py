@@ -176,6 +176,15 @@ BAD_DOCS = [
                  "backends[0].servers[1].name: duplicate server name 's'", id="dup-server"),
     pytest.param({"frontends": [{"name": "a", "bind": ["*:80"]}, {"name": "b", "bind": ["0.0.0.0:80"]}]},
                  "frontends[1].bind[0]: 0.0.0.0:80 is already bound by frontends[0].bind[0]", id="dup-bind"),
+    pytest.param({"frontends": [{"name": "a", "bind": ["[::]:80"]}, {"name": "b", "bind": ["*:80"]}]},
+                 "frontends[1].bind[0]: *:80 is already bound by frontends[0].bind[0] ([::]:80)",
+                 id="dual-stack-overlap"),
+    pytest.param({"frontends": [{"name": "a", "bind": ["127.0.0.1:80", "*:80"]}]},
+                 "frontends[0].bind[1]: *:80 is already bound by frontends[0].bind[0] (127.0.0.1:80)",
+                 id="wildcard-overlap"),
+    pytest.param({"frontends": [{"name": "a", "bind": ["[::1]:80", "[::]:80"]}]},
+                 "frontends[0].bind[1]: [::]:80 is already bound by frontends[0].bind[0] ([::1]:80)",
+                 id="v6-wildcard-overlap"),
     pytest.param(minimal(frontends=[{"name": "fe", "bind": ["*:80"], "rules": [{"if": {}, "use_backend": "be"}]}]),
                  "frontends[0].rules[0].if: empty condition", id="empty-if"),
     pytest.param(minimal(frontends=[{"name": "fe", "bind": ["*:80"], "rules": [{"if": {"path": "/"}}]}]),
@@ -366,6 +375,12 @@ def test_builtin_defaults() -> None:
     assert (s.weight, s.backup, s.maxconn, s.check, s.disabled) == (1, False, None, False, False)
 
 
+def test_binds_that_can_coexist() -> None:
+    """Distinct addresses on one port, and an IPv4 wildcard beside an IPv6 address."""
+    parse({"frontends": [{"name": "a", "bind": ["127.0.0.1:80", "127.0.0.2:80", "[::1]:80", "0.0.0.0:81"]},
+                         {"name": "b", "bind": ["[::1]:81", "*:82", "127.0.0.1:83"]}]})
+
+
 def test_bind_forms() -> None:
     cfg = parse(minimal(frontends=[{"name": "fe", "bind": ["*:80", "[::]:81", "127.0.0.1:8080", ":82"],
                                     "default_backend": "be"}]))
@@ -442,7 +457,7 @@ documents = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["global", "defaults", "frontends", "backends"]), documents, max_size=4))
 def test_random_documents_raise_only_config_errors(doc: dict[str, Any]) -> None:
     try:
@@ -547,7 +562,7 @@ def _dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(by_alias=True, mode="json", exclude_none=True), sort_keys=False)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_configs())
 def test_valid_configs_round_trip(doc: dict[str, Any]) -> None:
     """Generated valid documents load; what the model dumps loads back to the same config."""

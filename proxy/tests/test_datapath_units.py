@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from fleetproxy.config import parse
 from fleetproxy.datapath.common import ERROR_PAGES, ChunkedEnd, connection_tokens, strip_headers
+from fleetproxy.datapath.http import T_TUNNEL, TUNNEL, HttpClient
 from fleetproxy.datapath.tcp import TcpClient
 from fleetproxy.runtime import Runtime
 
@@ -168,3 +169,31 @@ def test_tcp_server_bytes_before_attach_are_relayed(early: list[bytes], close: b
     assert client.transport.eof == (b"" in early)
     if close:
         assert client.closed and client.upstream is None
+
+
+# --------------------------------------------------------------------------
+# HTTP tunnel: backpressure must not swap the tunnel timeout for another
+# --------------------------------------------------------------------------
+
+
+def test_tunnel_timeout_survives_backpressure() -> None:
+    cfg = parse({
+        "defaults": {"timeouts": {"tunnel": "1h", "server": "1s", "client": "2s"}},
+        "frontends": [{"name": "fe", "bind": ["127.0.0.1:1"], "default_backend": "be"}],
+        "backends": [{"name": "be", "servers": [{"name": "s", "address": "127.0.0.1:2"}]}],
+    })
+    rt = Runtime(cfg)
+    loop = asyncio.new_event_loop()
+    try:
+        client = HttpClient(SimpleNamespace(loop=loop, limits=cfg.global_.tune), rt.frontends["fe"])
+        client.transport = FakeTransport()
+        client.backend = rt.backends["be"]
+        client.upstream = SimpleNamespace(transport=FakeTransport())  # type: ignore[assignment]
+        client.state = TUNNEL
+        for event in (client.pause_writing, client.resume_writing):
+            event()  # the client stops reading, then catches up
+            assert client._tkind == T_TUNNEL, event.__name__
+            assert client._deadline - loop.time() > 3000, event.__name__
+        client._cancel_timer()
+    finally:
+        loop.close()

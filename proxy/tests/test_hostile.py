@@ -104,6 +104,7 @@ HOSTILE = [
     ("te-two-headers", P + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n", 400),
     ("te-identity", P + b"Transfer-Encoding: identity\r\n\r\nabc", 400),
     ("te-xchunked", P + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
+    ("te-chunked-http10", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400),
     ("te-space-before-colon", P + b"Content-Length: 0\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
     # chunk sizes
     ("chunk-size-not-hex", P + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),

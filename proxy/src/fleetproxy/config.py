@@ -738,8 +738,10 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
             addr = bind.address
             key = split_host_port(addr, what="bind address", allow_wildcard=True)
             here = f"frontends[{i}].bind[{j}]"
-            if key in binds:
-                errors.append((here, f"{addr} is already bound by {binds[key]}"))
+            clash = next((k for k in binds if _binds_overlap(k, key)), None)
+            if clash is not None:
+                errors.append((here, f"{addr} is already bound by {binds[clash]}"
+                               + ("" if clash == key else f" ({_fmt_bind(clash)})")))
             else:
                 binds[key] = here
             if bind.tls is not None:
@@ -771,6 +773,20 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
             elif be.mode != fe.mode:
                 errors.append((path, f"backend {name!r} is mode {be.mode}, frontend {fe.name!r} is mode {fe.mode}"))
     return errors
+
+
+def _binds_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listeners cannot both be bound: the same port, and the same address or
+    a wildcard covering the other (``[::]`` is dual-stack, it covers IPv4 too)."""
+    if a[1] != b[1]:
+        return False
+    if a[0] == b[0] or "::" in (a[0], b[0]):
+        return True
+    return "0.0.0.0" in (a[0], b[0]) and ":" not in a[0] + b[0]
+
+
+def _fmt_bind(key: tuple[str, int]) -> str:
+    return f"[{key[0]}]:{key[1]}" if ":" in key[0] else f"{key[0]}:{key[1]}"
 
 
 def _no_backend(name: str, backends: Iterable[str]) -> str:

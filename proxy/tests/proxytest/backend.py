@@ -18,12 +18,14 @@ mode:
              open after invalid framing (the proxy must drop it) and closes after a
              close-delimited body; ``split=S`` sends the head, the rest S seconds later
 ``reset``    aborts the connection without answering
+``tunnel``   for an Upgrade request: 101, then ``flood=N`` bytes, then echoes
 
 Every response names the backend (``X-Served-By``), the connection (``X-Conn``,
 an index into :attr:`Backend.connections`), the request number on it
 (``X-Req``), and the request body's length and SHA-256 (``X-Body-Length``,
 ``X-Body-Sha256``).  ``Expect: 100-continue`` gets ``100 Continue`` first unless
-``expect=ignore``.  ``rh=Name: value|Other: value`` adds response headers.
+``expect=ignore``.  ``rh=Name: value|Other: value`` adds response headers, ``pad=N``
+a header of N bytes.
 ``stall_after=N&stall=S`` stops reading for S seconds once
 N request-body bytes arrived (backpressure tests).
 
@@ -275,6 +277,7 @@ class _BackendConn(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.inflight: set[int] = set()  # id() of requests whose head arrived, not yet answered
         self.drop_next = False  # set by a test: close on the next bytes, unanswered
+        self.echo = False  # after a ``tunnel`` upgrade: echo everything
 
     # -- asyncio ------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -316,6 +319,9 @@ class _BackendConn(asyncio.Protocol):
         room = RECORD_LIMIT - len(rec.data)
         if room > 0:
             rec.data += data[:room]
+        if self.echo:
+            self.transport.write(data)
+            return
         if self.broken:
             return
         if self.drop_next:
@@ -437,6 +443,7 @@ class _BackendConn(asyncio.Protocol):
             f"X-Body-Sha256: {req.body_sha256}",
             *extra,
             *(h for h in req.query.get("rh", "").split("|") if h),
+            *([f"X-Pad: {'p' * int(req.query['pad'])}"] if "pad" in req.query else []),
         ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -452,6 +459,14 @@ class _BackendConn(asyncio.Protocol):
             return False
         if mode == "reset":
             self.transport.abort()
+            return False
+        if mode == "tunnel":  # an Upgrade request: 101, ``flood=N`` bytes, then echo
+            await self._write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n"
+                              b"X-Served-By: " + self.b.name.encode() + b"\r\n\r\n")
+            for part in pattern(parse_size(q.get("flood", "0"))):
+                await self._write(part)
+            self.echo = True
+            await asyncio.sleep(3600)
             return False
         if mode == "bad":
             raw = BAD_RESPONSES[q.get("kind", "garbage")]

@@ -246,14 +246,20 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.pause_reading()
-        self._arm(self.frontend.timeouts.client, T_CLIENT)
+        if self.state == TUNNEL:  # timeout tunnel supersedes client and server timeouts
+            self._arm(self._tunnel_timeout(), T_TUNNEL)
+        else:
+            self._arm(self.frontend.timeouts.client, T_CLIENT)
 
     def resume_writing(self) -> None:
         self.write_paused = False
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.resume_reading()
-            self._arm(self._server_timeout(), T_SERVER)
+            if self.state == TUNNEL:
+                self._arm(self._tunnel_timeout(), T_TUNNEL)
+            else:
+                self._arm(self._server_timeout(), T_SERVER)
 
     def _pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None:
@@ -307,6 +313,17 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         else:
             buf = data
             end = data.find(b"\r\n\r\n")
+        if not self.fed and buf[:2] == b"\r\n":
+            # Empty lines before a request line are ignored (RFC 9112 2.2), as HAProxy does.
+            stripped = buf
+            while stripped[:2] == b"\r\n":
+                stripped = stripped[2:]
+            if not stripped:
+                self.buf = b""
+                self.state = IDLE
+                self.txn = False
+                return
+            return self._head_data_again(stripped)
         if end < 0:
             if len(buf) > limits.max_head:
                 self._reject(414 if buf.find(b"\r\n") < 0 else 431, "PR")
@@ -343,6 +360,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._reject(400, "PR")
             return
         self._request(buf[:end] if end != len(buf) else buf, buf[end:])
+
+    def _head_data_again(self, data: bytes) -> None:
+        self.buf = b""
+        self._head_data(data)
 
     def _request(self, head: bytes, rest: bytes) -> None:
         limits = self.limits
@@ -414,6 +435,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 self._reject(400, "PR")
                 return
             host = b""
+        if chunked and not self.v11:
+            # HTTP/1.0 has no chunked coding: the framing is faulty (RFC 9112 6.1).
+            self._reject(400, "PR")
+            return
         self.host_b = host
         # llhttp resets its keep-alive flags once a message completes, so decide here.
         self.keep_alive = not conn_close if self.v11 else conn_keep and not conn_close
@@ -716,6 +741,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._tkind = T_SERVER
             if deadline < self._timer_at:
                 self._rearm(deadline)
+        else:  # more body to come: replaces the connect timer
+            self._arm(self.frontend.timeouts.client, T_CLIENT)
 
     # -- server data ------------------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
@@ -781,6 +808,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._arm(self.backend.timeouts.server, T_SERVER)
             return
         end += 4
+        if end > self.limits.max_head:
+            self._bad_response()
+            return
         n = len(buf)
 
         # The framing headers first (a scan of the raw head; llhttp validates it
