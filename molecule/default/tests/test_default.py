@@ -8,7 +8,9 @@ a real network and the proxy's listener on *:80.
 import hashlib
 import json
 import os
+import re
 import subprocess
+import time
 
 import pytest
 import testinfra
@@ -67,6 +69,24 @@ def inventory_vars(host):
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(out)
+
+
+def run_site(*extra_args):
+    """Run the site playbook against the proxy; returns (returncode, plain output)."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "fpa-proxy1",
+         *extra_args, os.path.join(PROJECT_DIR, "playbooks", "site.yml")],
+        capture_output=True, text=True, timeout=600, check=False, env=env,
+    )
+    return run.returncode, run.stdout + run.stderr
+
+
+def handler_result(output, name):
+    """'changed', 'ok' or 'skipping' for a handler that ran, None if it was not notified."""
+    match = re.search(
+        r"RUNNING HANDLER \[fleetproxy\.fleet\.proxy : %s\][^\n]*\n(\w+): \[fpa-proxy1\]" % re.escape(name), output)
+    return match.group(1) if match else None
 
 
 def main_pid(proxy):
@@ -148,19 +168,11 @@ def test_broken_variable_fails_at_validation_and_keeps_the_proxy(proxy, client, 
     frontends[0]["default_backend"] = "missing_back"
     broken.write_text(json.dumps({"fleetproxy_frontends": frontends}))
 
-    run = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-            "--limit", "fpa-proxy1",
-            "-e", f"@{broken}",
-            os.path.join(PROJECT_DIR, "playbooks", "site.yml"),
-        ],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output
-    assert "Render /etc/fleetproxy/fleetproxy.yml" in output
+    returncode, output = run_site("-e", f"@{broken}")
+    assert returncode != 0, output
+    fatal = output.index("fatal: [fpa-proxy1]")
+    failed_task = output.rindex("TASK [", 0, fatal)
+    assert output.startswith("TASK [fleetproxy.fleet.proxy : Render /etc/fleetproxy/fleetproxy.yml]", failed_task), output
     assert "failed to validate" in output
     assert "frontends[0].default_backend: no backend named 'missing_back'" in output
 
@@ -170,3 +182,28 @@ def test_broken_variable_fails_at_validation_and_keeps_the_proxy(proxy, client, 
     result = send_requests(client, 8)
     assert result["failures"] == []
     assert sum(result["seen"].values()) == 8
+
+
+def test_config_and_unit_change_restarts_once_without_reload(proxy, client):
+    """A maxconn change alters the configuration (reload) and LimitNOFILE (restart):
+    only the restart runs. The inventory's values are put back afterwards."""
+    before_pid = main_pid(proxy)
+    changed = json.dumps({"fleetproxy_global": {"maxconn": 2100, "log": {"access": "stdout"}}})
+    try:
+        returncode, output = run_site("-e", changed)
+        assert returncode == 0, output
+        assert handler_result(output, "Restart fleetproxy") == "changed", output
+        assert handler_result(output, "Reload fleetproxy") == "skipping", output
+        assert proxy.check_output("systemctl show -p LimitNOFILE --value fleetproxy") == str(2100 * 2 + 1024)
+        assert main_pid(proxy) not in (0, before_pid)
+        assert "maxconn: 2100" in proxy.file(CONFIG).content_string
+    finally:
+        returncode, output = run_site()
+    assert returncode == 0, output
+    assert handler_result(output, "Restart fleetproxy") == "changed", output
+    assert proxy.check_output("systemctl show -p LimitNOFILE --value fleetproxy") == str(2000 * 2 + 1024)
+    deadline = time.monotonic() + 10
+    while not proxy.service("fleetproxy").is_running and time.monotonic() < deadline:
+        time.sleep(0.5)
+    result = send_requests(client, 8)
+    assert result["failures"] == []
