@@ -11,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy lint bench clean \
+.PHONY: all venv demo test test-proxy test-modules lint bench clean \
 	test-ansible ansible-venv ansible-lint ansible-sanity ansible-syntax ansible-build \
 	molecule molecule-image collection-link
 
@@ -25,6 +25,15 @@ $(STAMP): proxy/pyproject.toml
 
 venv: $(STAMP)
 
+# ansible-core 2.19 and the collections the tests use (the `ansible` 12 package), plus
+# ansible-lint, molecule, testinfra, antsibull-changelog: tests/requirements-ansible.txt.
+ANSIBLE_STAMP := $(VENV)/.ansible-installed
+$(ANSIBLE_STAMP): $(STAMP) tests/requirements-ansible.txt
+	$(BIN)/pip install --quiet -r tests/requirements-ansible.txt
+	touch $@
+
+ansible-venv: $(ANSIBLE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/fleetproxy demo -c proxy/examples/quickstart.yml
 
@@ -32,6 +41,10 @@ test: test-proxy lint test-ansible
 
 test-proxy: $(STAMP)
 	cd proxy && ../$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The modules against a real fleetproxy (tests/unit); the vip tests need root.
+test-modules: $(ANSIBLE_STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=300 tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy/src proxy/tests proxy/bench
@@ -41,16 +54,9 @@ bench: $(STAMP)
 
 # --- The Ansible collection fleetproxy.fleet --------------------------------------
 # Every gate prints its wall time. Molecule needs Docker and root (see .ci/run).
-ANSIBLE_STAMP := $(VENV)/.ansible-installed
 ANSIBLE_ENV := PATH="$(CURDIR)/$(BIN):$$PATH"
 MOLECULE_SCENARIOS ?= default
 TIME = TIMEFORMAT='[$@ took %0R s]'; time
-
-$(ANSIBLE_STAMP): $(STAMP) tests/requirements-ansible.txt
-	$(BIN)/pip install --quiet -r tests/requirements-ansible.txt
-	touch $@
-
-ansible-venv: $(ANSIBLE_STAMP)
 
 # build/collections/ansible_collections/fleetproxy/fleet -> this tree, for running
 # playbooks and Molecule straight from the working tree:

@@ -74,7 +74,7 @@ class RoundRobin:
         self._current: list[int] = []
 
     def update(self, servers: Sequence[Any]) -> None:
-        old = dict(zip(map(id, self._servers), self._current))
+        old = dict(zip(map(id, self._servers), self._current, strict=False))
         self._servers = list(servers)
         self._current = [old.get(id(s), 0) for s in self._servers]
 

@@ -25,16 +25,47 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load
-    from .process import run
+    from .master import run
 
-    try:
-        cfg = load(args.config)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(f"{args.config}: {line}", file=sys.stderr)
+    return run(args.config, event_loop=args.event_loop)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Ask the running proxy to reload and report the outcome (for ExecReload=)."""
+    import json
+    import os
+    import signal
+
+    socket_path = args.socket
+    if socket_path is None and args.config:
+        import yaml
+
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                doc = yaml.safe_load(f) or {}
+            socket_path = ((doc.get("global") or {}).get("admin") or {}).get("socket")
+        except (OSError, yaml.YAMLError, AttributeError):
+            socket_path = None
+    if socket_path:
+        from .adminclient import AdminClient, AdminError
+
+        try:
+            status, body = AdminClient(socket_path, timeout=args.timeout).request("POST", "/v1/reload")
+        except AdminError as exc:
+            print(f"fleetproxy reload: {exc}", file=sys.stderr)
+            return 1
+        if status == 200:
+            print(f"reloaded (generation {body.get('generation')})")
+            return 0
+        for line in body.get("errors") or [json.dumps(body)]:
+            print(f"reload refused: {line}", file=sys.stderr)
         return 1
-    return run(cfg, event_loop=args.event_loop)
+    if args.pid:
+        os.kill(args.pid, signal.SIGHUP)
+        print(f"SIGHUP sent to {args.pid} (no admin socket configured: the outcome is in the log)")
+        return 0
+    print("fleetproxy reload: give --socket, a -c file with global.admin.socket, or --pid", file=sys.stderr)
+    return 2
 
 
 def _demo_backend(args: argparse.Namespace) -> int:
@@ -69,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop implementation (default: uvloop when installed)",
     )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("reload", help="reload a running proxy and report the outcome")
+    p.add_argument("-c", "--config", help="configuration file (to find global.admin.socket)")
+    p.add_argument("--socket", help="the JSON API's UNIX socket")
+    p.add_argument("--pid", type=int, help="fallback without admin socket: send SIGHUP to this PID")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    p.set_defaults(func=_reload)
 
     p = sub.add_parser("demo-backend", help="a tiny HTTP backend for demos")
     p.add_argument("--listen", required=True, help="host:port")

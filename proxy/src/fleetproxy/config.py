@@ -14,17 +14,21 @@ This module does no I/O beyond reading the file and knows nothing of sockets;
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -46,6 +50,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 5s, 250ms or 1m, got a boolean")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"duration {value} is not a finite number")
         if value < 0:
             raise ValueError(f"duration {value} is negative")
         return value / 1000.0
@@ -58,7 +64,21 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration such as 5s, 250ms or 1m, got {type(value).__name__}")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def format_duration(seconds: float) -> str:
+    """The text that :func:`parse_duration` reads back as exactly ``seconds`` (``250ms``)."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s", "ms", "us"):
+        n = seconds / _DURATION_UNITS[unit]
+        if n == int(n) and int(n) * _DURATION_UNITS[unit] == seconds:
+            return f"{int(n)}{unit}"
+    return f"{Decimal(repr(seconds)):f}s"
+
+
+# Durations dump (mode="json") with a unit: a bare number would read back as milliseconds.
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -71,7 +91,19 @@ def _check_name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, BeforeValidator(lambda v: v if not isinstance(v, str) else _check_name(v))]
+Name = Annotated[str, AfterValidator(_check_name)]
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _check_token(value: str) -> str:
+    """An HTTP token (RFC 9110 5.6.2): header names and methods."""
+    if not _TOKEN_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP token (letters, digits and !#$%&'*+.^_`|~-)")
+    return value
+
+
+Token = Annotated[str, AfterValidator(_check_token)]
 
 
 def split_host_port(value: str, *, what: str, allow_wildcard: bool) -> tuple[str, int]:
@@ -198,8 +230,7 @@ class Timeouts(_Model):
     http_keep_alive: Duration | None = None
     queue: Duration | None = None
     tunnel: Duration | None = None
-    client_fin: Duration | None = None
-    server_fin: Duration | None = None
+    check: Duration | None = None
 
 
 TIMEOUT_DEFAULTS = {
@@ -210,8 +241,7 @@ TIMEOUT_DEFAULTS = {
     "http_keep_alive": 10.0,
     "queue": 5.0,
     "tunnel": None,
-    "client_fin": 10.0,
-    "server_fin": 10.0,
+    "check": None,
 }
 
 
@@ -223,12 +253,11 @@ class ResolvedTimeouts(_Model):
     http_keep_alive: float
     queue: float
     tunnel: float | None
-    client_fin: float
-    server_fin: float
+    check: float | None
 
 
 class HeaderCondition(_Model):
-    name: str = Field(min_length=1)
+    name: Token
     value: str | None = None
     regex: Regex | None = None
     present: bool | None = None
@@ -269,7 +298,7 @@ class Condition(_Model):
     @field_validator("method")
     @classmethod
     def _upper(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else [m.upper() for m in v]
+        return None if v is None else [_check_token(m).upper() for m in v]
 
     @field_validator("host", "sni")
     @classmethod
@@ -302,12 +331,27 @@ class Tune(_Model):
         return self.max_header_size
 
 
+class AdminConfig(_Model):
+    """The control plane: JSON API on a UNIX socket, HAProxy's runtime API, and
+    an optional TCP listener for the stats page, metrics and the token-protected API."""
+
+    socket: str | None = None
+    runtime_socket: str | None = None
+    socket_mode: str = Field(default="0660", pattern=r"^0?[0-7]{3}$")
+    socket_group: str | None = None
+    listen: ListenAddress | None = None
+    token_file: str | None = None
+    stats_refresh: Duration = 5.0
+
+
 class GlobalConfig(_Model):
     maxconn: int = Field(default=4096, ge=1, le=10_000_000)
     workers: int | Literal["auto"] = 1
     hard_stop_after: Duration = 30.0
     log: LogConfig = LogConfig()
     tune: Tune = Tune()
+    admin: AdminConfig = AdminConfig()
+    state_file: str | None = None
 
     @field_validator("workers")
     @classmethod
@@ -315,6 +359,25 @@ class GlobalConfig(_Model):
         if isinstance(v, int) and not 1 <= v <= 64:
             raise ValueError("workers must be between 1 and 64, or 'auto'")
         return v
+
+
+class ServerDefaults(_Model):
+    """Server settings that ``defaults.default_server`` and a backend's
+    ``default_server`` may give every server (HAProxy's ``default-server``)."""
+
+    weight: int | None = Field(default=None, ge=0, le=256)
+    maxconn: int | None = Field(default=None, ge=1)
+    check: bool | None = None
+    inter: Duration | None = None
+    fastinter: Duration | None = None
+    downinter: Duration | None = None
+    rise: int | None = Field(default=None, ge=1, le=1000)
+    fall: int | None = Field(default=None, ge=1, le=1000)
+    init_state: Literal["up", "down"] | None = None
+    slowstart: Duration | None = None
+    observe: Literal["none", "layer4", "layer7"] | None = None
+    error_limit: int | None = Field(default=None, ge=1, le=100000)
+    on_error: Literal["mark-down", "fastinter"] | None = None
 
 
 class Defaults(_Model):
@@ -327,16 +390,45 @@ class Defaults(_Model):
     maxconn: int | None = Field(default=None, ge=1)
     forwardfor: bool = True
     log: bool = True
+    default_server: ServerDefaults = ServerDefaults()
 
 
-class ServerConfig(_Model):
+SERVER_DEFAULTS = {
+    "weight": 1,
+    "maxconn": None,
+    "check": False,
+    "inter": 2.0,
+    "fastinter": None,  # = inter
+    "downinter": None,  # = inter
+    "rise": 2,
+    "fall": 3,
+    "init_state": None,  # down with check, up without
+    "slowstart": 0.0,
+    "observe": "none",
+    "error_limit": 10,
+    "on_error": "fastinter",
+}
+
+
+class ServerTls(_Model):
+    """TLS towards a server (re-encryption), also used by its health checks."""
+
+    verify: Literal["required", "none"] = "required"
+    ca_file: str | None = None
+    sni: str | None = None
+    certificate: str | None = None
+    alpn: list[str] | None = None
+    min_version: TLS_VERSIONS = "1.2"
+
+
+class ServerConfig(ServerDefaults):
     name: Name
     address: ServerAddress
-    weight: int = Field(default=1, ge=0, le=256)
+    tls: ServerTls | None = None
     backup: bool = False
-    maxconn: int | None = Field(default=None, ge=1)
-    check: bool = False
     disabled: bool = False
+    cookie: str | None = Field(default=None, min_length=1, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    check_address: ServerAddress | None = None
 
     @property
     def host(self) -> str:
@@ -345,6 +437,58 @@ class ServerConfig(_Model):
     @property
     def port(self) -> int:
         return split_host_port(self.address, what="server address", allow_wildcard=False)[1]
+
+
+def _status_set(value: Any) -> Any:
+    """``expect_status``: a list of codes or a class such as ``2xx``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        m = re.fullmatch(r"([1-5])xx", value.strip())
+        if not m:
+            raise ValueError(f"invalid status class {value!r} (use e.g. 2xx, or a list of codes)")
+        base = int(m.group(1)) * 100
+        return list(range(base, base + 100))
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a status code list such as [200, 204] or a class such as 2xx")
+    out = []
+    for v in value:
+        if isinstance(v, str) and re.fullmatch(r"[1-5]xx", v.strip()):
+            out.extend(_status_set(v))
+        elif isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599:
+            out.append(v)
+        else:
+            raise ValueError(f"invalid status {v!r}")
+    return out
+
+
+class HttpCheck(_Model):
+    method: str = Field(default="GET", pattern=r"^[A-Z]+$")
+    path: str = Field(default="/", pattern=r"^/[^\s]*$")
+    host: str | None = None
+    expect_status: Annotated[list[int], BeforeValidator(_status_set)] = Field(
+        default_factory=lambda: list(range(200, 400))
+    )
+
+
+class CookieConfig(_Model):
+    """Cookie persistence, as HAProxy's ``cookie`` keyword."""
+
+    name: str = Field(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    mode: Literal["insert", "prefix", "rewrite"] = "insert"
+    indirect: bool = False
+    nocache: bool = False
+    httponly: bool = False
+    secure: bool = False
+    maxidle: Duration = 0.0
+    maxlife: Duration = 0.0
+    domain: str | None = None
+
+
+class StickConfig(_Model):
+    on: Literal["source"] = "source"
+    expire: Duration = 1800.0
+    size: int = Field(default=100_000, ge=1, le=100_000_000)
 
 
 class BackendConfig(_Model):
@@ -356,16 +500,65 @@ class BackendConfig(_Model):
     timeouts: Timeouts = Timeouts()
     retries: int | None = Field(default=None, ge=0, le=100)
     redispatch: bool | None = None
+    httpchk: HttpCheck | None = None
+    cookie: CookieConfig | None = None
+    stick: StickConfig | None = None
+    default_server: ServerDefaults = ServerDefaults()
     servers: list[ServerConfig] = Field(default_factory=list)
 
     # Resolved against defaults by Config (never set by users).
     resolved_timeouts: ResolvedTimeouts | None = Field(default=None, exclude=True)
 
 
+TLS_VERSIONS = Literal["1.2", "1.3"]
+
+
+class BindTls(_Model):
+    """TLS termination on a bind address."""
+
+    certificates: list[str] = Field(min_length=1)
+    default_certificate: str | None = None
+    strict_sni: bool = False
+    alpn: list[str] = Field(default_factory=lambda: ["http/1.1"])
+    min_version: TLS_VERSIONS = "1.2"
+    ciphers: str | None = None
+    client_ca: str | None = None
+    verify_client: Literal["none", "optional", "required"] = "none"
+    client_subject_header: str | None = Field(default=None, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+    ticket_rotation: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> BindTls:
+        if self.verify_client != "none" and not self.client_ca:
+            raise ValueError(f"verify_client: {self.verify_client} needs client_ca")
+        return self
+
+
+class BindConfig(_Model):
+    address: ListenAddress
+    tls: BindTls | None = None
+
+
+def _bind_item(value: Any) -> Any:
+    # A plain "host:port" string stays valid; errors then point at the item itself.
+    if isinstance(value, str):
+        return {"address": _listen_address(value)}
+    return value
+
+
+Bind = Annotated[BindConfig, BeforeValidator(_bind_item)]
+
+
+class Hsts(_Model):
+    max_age: int = Field(default=31536000, ge=0)
+    include_subdomains: bool = False
+    preload: bool = False
+
+
 class FrontendConfig(_Model):
     name: Name
     mode: Mode | None = None
-    bind: list[ListenAddress] = Field(min_length=1)
+    bind: list[Bind] = Field(min_length=1)
     default_backend: Name | None = None
     rules: list[Rule] = Field(default_factory=list)
     maxconn: int | None = Field(default=None, ge=1)
@@ -373,8 +566,15 @@ class FrontendConfig(_Model):
     forwardfor: bool | None = None
     log: bool | None = None
     backlog: int | None = Field(default=None, ge=1)
+    redirect_to_https: bool | Literal[301, 302, 307, 308] = False
+    hsts: Hsts | None = None
+    inspect_delay: Duration = 5.0
 
     resolved_timeouts: ResolvedTimeouts | None = Field(default=None, exclude=True)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [b.address for b in self.bind]
 
 
 class Config(_Model):
@@ -470,6 +670,21 @@ def _rule_conditions(cond: Condition) -> Iterable[Condition]:
         yield from _rule_conditions(sub)
 
 
+def resolve_server(srv: ServerConfig, be: BackendConfig, d: Defaults) -> ServerConfig:
+    """Fill a server's unset settings from the backend's, then the defaults'
+    ``default_server``, then the built-in defaults (in place; returns it)."""
+    for key, fallback in SERVER_DEFAULTS.items():
+        if getattr(srv, key) is None:
+            value = getattr(be.default_server, key)
+            if value is None:
+                value = getattr(d.default_server, key)
+            setattr(srv, key, fallback if value is None else value)
+    srv.fastinter = srv.fastinter or srv.inter
+    srv.downinter = srv.downinter or srv.inter
+    srv.init_state = srv.init_state or ("down" if srv.check else "up")
+    return srv
+
+
 def _resolve(cfg: Config) -> list[tuple[str, str]]:
     """Apply ``defaults`` and check every reference; returns the problems found."""
     errors: list[tuple[str, str]] = []
@@ -487,6 +702,28 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         be.redispatch = d.redispatch if be.redispatch is None else be.redispatch
         be.resolved_timeouts = _resolve_timeouts(d.timeouts, be.timeouts)
         _unique(be.servers, f"backends[{i}].servers", errors, "server")
+        cookies: dict[str, str] = {}
+        for j, srv in enumerate(be.servers):
+            resolve_server(srv, be, d)
+            if be.cookie is not None:
+                value = srv.cookie or srv.name
+                if value in cookies:
+                    errors.append((f"backends[{i}].servers[{j}].cookie",
+                                   f"cookie value {value!r} is already used by server {cookies[value]!r}"))
+                cookies[value] = srv.name
+        for j, srv in enumerate(be.servers):
+            if srv.tls is not None:
+                from . import tls as tls_mod
+
+                if srv.tls.ca_file:
+                    problem = tls_mod.inspect_ca(srv.tls.ca_file)
+                    if problem:
+                        errors.append((f"backends[{i}].servers[{j}].tls.ca_file", problem))
+                if srv.tls.certificate:
+                    for problem in tls_mod.inspect_path(srv.tls.certificate, directory=False):
+                        errors.append((f"backends[{i}].servers[{j}].tls.certificate", problem))
+        if be.cookie is not None and be.mode != "http":
+            errors.append((f"backends[{i}].cookie", "cookie persistence needs mode http"))
         if be.mode == "tcp" and (be.balance == "uri" or be.balance.startswith("hdr(")):
             errors.append((f"backends[{i}].balance", f"balance {be.balance} needs mode http"))
 
@@ -497,13 +734,21 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         fe.log = d.log if fe.log is None else fe.log
         fe.maxconn = fe.maxconn or d.maxconn
         fe.resolved_timeouts = _resolve_timeouts(d.timeouts, fe.timeouts)
-        for j, addr in enumerate(fe.bind):
+        for j, bind in enumerate(fe.bind):
+            addr = bind.address
             key = split_host_port(addr, what="bind address", allow_wildcard=True)
             here = f"frontends[{i}].bind[{j}]"
             if key in binds:
                 errors.append((here, f"{addr} is already bound by {binds[key]}"))
             else:
                 binds[key] = here
+            if bind.tls is not None:
+                if fe.mode == "tcp":
+                    errors.append((f"{here}.tls", "TLS termination needs mode http "
+                                   "(use sni rules in a tcp frontend for passthrough)"))
+                errors.extend(_check_tls_files(bind.tls, f"{here}.tls"))
+        if fe.redirect_to_https and not any(b.tls for b in fe.bind):
+            errors.append((f"frontends[{i}].redirect_to_https", "needs a bind with tls in this frontend"))
         refs = []
         if fe.default_backend is not None:
             refs.append((f"frontends[{i}].default_backend", fe.default_backend))
@@ -522,10 +767,53 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         for path, name in refs:
             be = backends.get(name)
             if be is None:
-                hint = _closest(name, backends)
-                errors.append((path, f"no backend named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")))
+                errors.append((path, _no_backend(name, backends)))
             elif be.mode != fe.mode:
                 errors.append((path, f"backend {name!r} is mode {be.mode}, frontend {fe.name!r} is mode {fe.mode}"))
+    return errors
+
+
+def _no_backend(name: str, backends: Iterable[str]) -> str:
+    hint = _closest(name, backends)
+    return f"no backend named {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+
+
+def _raw_references(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Backend references that cannot resolve, read from the raw document: reported
+    together with schema errors, so that one ``check`` shows every problem."""
+    frontends, backends = data.get("frontends"), data.get("backends", [])
+    if not isinstance(frontends, list) or not isinstance(backends, list):
+        return []
+    names = {b.get("name") for b in backends if isinstance(b, dict) and isinstance(b.get("name"), str)}
+    errors = []
+    for i, fe in enumerate(frontends):
+        if not isinstance(fe, dict):
+            continue
+        refs = [(f"frontends[{i}].default_backend", fe.get("default_backend"))]
+        rules = fe.get("rules")
+        if isinstance(rules, list):
+            refs += [(f"frontends[{i}].rules[{j}].use_backend", r.get("use_backend"))
+                     for j, r in enumerate(rules) if isinstance(r, dict)]
+        errors += [(path, _no_backend(name, names)) for path, name in refs
+                   if isinstance(name, str) and name not in names]
+    return errors
+
+
+def _check_tls_files(tls: BindTls, path: str) -> list[tuple[str, str]]:
+    """Every certificate readable, with its key, and usable by OpenSSL."""
+    from . import tls as tls_mod
+
+    errors = []
+    for k, cert in enumerate(tls.certificates):
+        for problem in tls_mod.inspect_path(cert):
+            errors.append((f"{path}.certificates[{k}]", problem))
+    if tls.default_certificate:
+        for problem in tls_mod.inspect_path(tls.default_certificate, directory=False):
+            errors.append((f"{path}.default_certificate", problem))
+    if tls.client_ca:
+        problem = tls_mod.inspect_ca(tls.client_ca)
+        if problem:
+            errors.append((f"{path}.client_ca", problem))
     return errors
 
 
@@ -550,7 +838,10 @@ def parse(data: Any, source: str | None = None) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_errors(exc), source) from None
+        errors = _pydantic_errors(exc)
+        seen = {path for path, _ in errors}
+        errors += [e for e in _raw_references(data) if e[0] not in seen]
+        raise ConfigError(errors, source) from None
     errors = _resolve(cfg)
     if errors:
         raise ConfigError(errors, source)
@@ -565,6 +856,8 @@ def loads(text: str, source: str | None = None) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([("", f"{where}invalid YAML: {problem}")], source) from None
+    except RecursionError:
+        raise ConfigError([("", "invalid YAML: the document is nested too deeply")], source) from None
     return parse(data, source)
 
 

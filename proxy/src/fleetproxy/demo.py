@@ -78,7 +78,7 @@ def run_demo(config_path: str, requests: int = 12, keep: bool = True) -> int:
         return 1
     addresses = sorted({s.address: s.name for b in cfg.backends for s in b.servers}.items())
     fe = next(f for f in cfg.frontends if f.mode == "http")
-    host, port = split_host_port(fe.bind[0], what="bind", allow_wildcard=True)
+    host, port = split_host_port(fe.addresses[0], what="bind", allow_wildcard=True)
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     procs: list[subprocess.Popen[bytes]] = []
 

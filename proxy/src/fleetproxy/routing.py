@@ -3,7 +3,7 @@
 Rules are compiled once per configuration into closures.  A compiled router is
 called with a *request view*: any object with
 
-- ``method`` (str, upper case), ``path`` (str, without the query string),
+- ``method`` (upper case, str or bytes), ``path`` (str, without the query string),
 - ``host`` (str, lower case, without port; "" when absent),
 - ``header(name)`` returning the first value of a header or ``None``,
 - ``src`` (an ``ipaddress`` address of the client),
@@ -66,7 +66,8 @@ def _src(cidrs: Sequence[str]) -> Predicate:
 def compile_condition(cond: Condition) -> Predicate:
     tests: list[Predicate] = []
     if cond.method is not None:
-        methods = frozenset(cond.method)
+        # The HTTP data path's view holds the method as the raw bytes of the request line.
+        methods = frozenset(cond.method) | frozenset(m.encode("ascii") for m in cond.method)
         tests.append(lambda req: req.method in methods)
     if cond.path is not None:
         paths = frozenset(cond.path)

@@ -166,10 +166,16 @@ class ChunkedEnd:
 # --------------------------------------------------------------------------
 
 
+INF = float("inf")
+
+
 class LazyTimer:
     """Mixin: ``_arm(seconds, kind)`` sets a deadline; ``_timeout(kind)`` is
-    called when it passes.  Moving a deadline later costs two attribute writes;
-    the handle notices when it fires and sleeps again."""
+    called when it passes.  Moving a deadline later costs two attribute writes
+    (hot paths inline exactly that: ``_deadline``, ``_tkind``, and ``_rearm`` only
+    when the new deadline is earlier than the pending handle); the handle
+    notices when it fires and sleeps again.  ``_timer_at`` is ``INF`` when no
+    handle is pending."""
 
     _loop: Any
     _deadline: float
@@ -181,14 +187,14 @@ class LazyTimer:
         deadline = self._loop.time() + seconds
         self._deadline = deadline
         self._tkind = kind
-        timer = self._timer
-        if timer is None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-            self._timer_at = deadline
-        elif self._timer_at > deadline:
-            timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-            self._timer_at = deadline
+        if deadline < self._timer_at:
+            self._rearm(deadline)
+
+    def _rearm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_at = deadline
 
     def _disarm(self) -> None:
         self._deadline = 0.0
@@ -198,16 +204,16 @@ class LazyTimer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = INF
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = INF
         deadline = self._deadline
         if not deadline:
             return
-        now = self._loop.time()
-        if now < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-            self._timer_at = deadline
+        if self._loop.time() < deadline:
+            self._rearm(deadline)
             return
         self._deadline = 0.0
         self._timeout(self._tkind)

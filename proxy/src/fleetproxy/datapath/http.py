@@ -25,6 +25,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from .common import (
     ERROR_PAGES,
+    INF,
     REQUEST_HEADERS,
     REQUEST_STRIP,
     RESPONSE_HEADERS,
@@ -51,20 +52,20 @@ PIPELINE_LIMIT = 64 * 1024
 WRITE_JOIN_LIMIT = 16 * 1024
 RETRY_TURNAROUND = 0.02
 
-_CONNECTION_KEEP = frozenset((b"close", b"keep-alive", b"upgrade"))
 _TUNNEL_STRIP = REQUEST_STRIP - {b"upgrade"}
 
 
 class HttpClient(LazyTimer, asyncio.Protocol):
-    def __init__(self, worker: Any, frontend: Any) -> None:
+    def __init__(self, worker: Any, frontend: Any, bind: Any = None) -> None:
         # Global state
         self.worker = worker
         self._loop = worker.loop
         self.frontend = frontend
+        self.bind = bind
         self.limits = worker.limits
         # Per-connection state
         self.transport: Any = None
-        self.parser = HttpRequestParser(self)
+        self.parser: Any = None  # created in connection_made (no cycle before it)
         self.state = IDLE
         self.buf = b""
         self.fed = 0
@@ -75,11 +76,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.peer = "-"
         self.src_ip = ""
         self.fwd = b""
+        self.tls = False
+        self.hsts = b""
         self.hc = False
         self.mc = False
         self._timer: Any = None
         self._deadline = 0.0
-        self._timer_at = 0.0
+        self._timer_at = INF
         self._tkind = 0
         # Per-request state
         self._new_request()
@@ -88,6 +91,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.backend: Any = None
         self.server: Any = None
         self.upstream: Upstream | None = None
+        self.pinned: Any = None
+        self.cookie_first: float | None = None
         self.pending: list[bytes] | None = None
         self.pending_size = 0
         self.waiter: Any = None
@@ -112,6 +117,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.rleft = 0
         self.resp_started = False
         self.keep_client = True
+        self.up_keep = False
         self.status = -1
         self.bytes_out = 0
         self.term = "--"
@@ -156,6 +162,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         return ipaddress.ip_address(self.src_ip)
 
     sni = None
+    server_eof = False  # the server half-closed a tunnel (set per connection when it does)
 
     def header(self, name: str) -> str | None:
         value = self.header_bytes(name.encode("latin-1"))
@@ -175,6 +182,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     # -- connection ----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.parser = HttpRequestParser(self)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "0.0.0.0"
         if ip.startswith("::ffff:") and "." in ip:
@@ -182,10 +190,24 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.src_ip = ip
         self.peer = f"{ip}:{peer[1]}" if peer else "-"
         fe = self.frontend
-        self.fwd = (b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b"") + (
-            b"X-Forwarded-Proto: http\r\n"
-        )
-        self.worker.conn_opened(self)
+        fwd = b"X-Forwarded-For: " + ip.encode() + b"\r\n" if fe.forwardfor else b""
+        bind = self.bind
+        if bind is not None and bind.tls is not None:
+            self.tls = True
+            self.hsts = fe.hsts
+            fwd += b"X-Forwarded-Proto: https\r\n"
+            if bind.subject_header:
+                from ..tls import subject_string
+
+                sslobj = transport.get_extra_info("ssl_object")
+                subject = subject_string(sslobj.getpeercert() if sslobj is not None else None)
+                if subject:
+                    fwd += bind.subject_header + b": " + subject.encode("utf-8", "replace") + b"\r\n"
+        else:
+            fwd += b"X-Forwarded-Proto: http\r\n"
+        self.fwd = fwd
+        if not self.worker.conn_opened(self):
+            return  # over maxconn: parked by the worker, which calls connection_made again
         self.t_start = self._loop.time()
         self._arm(fe.timeouts.http_request, T_REQUEST)
 
@@ -204,9 +226,12 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.client_eof = True
         if self.state in (IDLE, HEAD):
             return False
-        if self.state == TUNNEL and self.upstream is not None:
-            if self.upstream.transport.can_write_eof():
-                self.upstream.transport.write_eof()
+        up = self.upstream
+        if self.state == TUNNEL and up is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
+            if self.server_eof:  # both directions are finished
+                self._close()
+                return False
         # Keep the connection to send the response; close after it.
         self.keep_client = False
         return True
@@ -351,6 +376,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         extra: set[bytes] | None = None
         chunked = False
         length = 0
+        conn_close = conn_keep = False
         for name, value in REQUEST_HEADERS.findall(head):
             name = name.lower()
             if name == b"host":
@@ -366,7 +392,11 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 strip = True
                 if name == b"connection":
                     for token in connection_tokens(value):
-                        if token not in _CONNECTION_KEEP:
+                        if token == b"close":
+                            conn_close = True
+                        elif token == b"keep-alive":
+                            conn_keep = True
+                        elif token != b"upgrade":
                             if extra is None:
                                 extra = set()
                             extra.add(token)
@@ -376,7 +406,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 return
             host = b""
         self.host_b = host
-        self.keep_alive = self.parser.should_keep_alive()
+        # llhttp resets its keep-alive flags once a message completes, so decide here.
+        self.keep_alive = not conn_close if self.v11 else conn_keep and not conn_close
 
         # The head as the server will see it.
         upgrade = self.upgrade
@@ -387,6 +418,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             up_head = strip_headers(head, names)
         else:
             up_head = head
+        bind = self.bind
+        if bind is not None and bind.subject_header:
+            # Only the proxy may vouch for a client certificate.
+            up_head = strip_headers(up_head, frozenset((bind.subject_header.lower(),)))
         if upgrade:
             up_head = up_head[:-2] + self.fwd + b"Connection: upgrade\r\n\r\n"
         else:
@@ -424,11 +459,22 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
         fe = self.frontend
         fe.requests += 1
+        if fe.redirect_code and not self.tls:
+            self._redirect_https()
+            return
         backend = fe.route(self)
         if backend is None:
             self._reply_error(503, "PR" if not fe.has_rules else "P-")
             return
         self.backend = backend
+        rules = backend.cookie_rules
+        if rules is not None:
+            value, self.cookie_first = rules.server_value(head, self.wall)
+            if value is not None:
+                self.pinned = backend.by_cookie.get(value.decode("latin-1"))
+            edited = rules.request_head(up_head)
+            if edited is not up_head:
+                self.pending[0] = edited  # type: ignore[index]
         self._dispatch()
 
     def _feed_body(self, part: bytes) -> bool:
@@ -517,6 +563,21 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
     def _dispatch(self) -> None:
         be = self.backend
+        stick = be.stick
+        if self.pinned is not None:
+            # Cookie persistence: the pinned server if it may still take the client.
+            server = be.persistent(self.pinned)
+            if server is not None:
+                self._use(server)
+                return
+            self.pinned = None
+        if stick is not None:
+            key = self.src_ip.encode()
+            server = be.persistent(be.by_name.get(stick.get(key, self._loop.time()) or ""))
+            if server is not None:
+                stick.put(key, server.name, self._loop.time())
+                self._use(server)
+                return
         if not be.usable:
             be.no_server += 1
             self._reply_error(503, "SC")
@@ -539,8 +600,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     def _use(self, server: Any) -> None:
         if self.t_queue < 0:
             self.t_queue = 0
-        self.backend.acquire(server)
+        be = self.backend
+        be.acquire(server)
+        server.sessions.add(self)
         self.server = server
+        if be.stick is not None and self.pinned is None:
+            key = self.src_ip.encode()
+            be.stick.put(key, server.name, self._loop.time())
+            sync = self.worker.stick_sync
+            if sync is not None:
+                sync(be.name, key, server.name)
         self.t_mark = self._loop.time()
         conn = take_idle(server, self.t_mark, self.worker.pool_idle_timeout)
         if conn is not None:
@@ -556,9 +625,15 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     async def _open(self, server: Any) -> None:
         loop = self._loop
         try:
-            _, conn = await loop.create_connection(
-                lambda: Upstream(loop, server), server.host, server.port
-            )
+            if server.tls is None:
+                _, conn = await loop.create_connection(
+                    lambda: Upstream(loop, server), server.host, server.port
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: Upstream(loop, server), server.host, server.port,
+                    ssl=server.tls, server_hostname=server.tls_sni,
+                )
         except OSError as exc:
             self.connecting = None
             self._connect_failed(exc)
@@ -568,12 +643,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             conn.release()
             return
         self.t_connect = int((loop.time() - self.t_mark) * 1000)
+        if server.obs_errors and server.observe == 4:
+            server.obs_errors = 0
         self._send(conn)
 
     def _connect_failed(self, exc: Exception | None) -> None:
         server = self.server
         be = self.backend
         server.conn_errors += 1
+        if server.observe:
+            self._observe_error(server, "L4CON: connection failed" if exc is not None else "L4TOUT: connect timeout")
         if self.state == CLOSED:
             return
         if self.retries >= be.retries:
@@ -585,7 +664,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             other = be.pick_other(server, self._hash_key(be) if be.key_kind else None)
             if other is not None:
                 be.release(server)
+                server.sessions.discard(self)
                 be.acquire(other)
+                other.sessions.add(self)
                 other.redispatches += 1
                 self.server = other
         self._disarm()
@@ -721,6 +802,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         length = -1
         chunked = False
         until_close = False
+        conn_close = conn_keep = False
         for name, value in RESPONSE_HEADERS.findall(head):
             name = name.lower()
             if name == b"content-length":
@@ -734,10 +816,15 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 strip = True
                 if name == b"connection":
                     for token in connection_tokens(value):
-                        if token not in _CONNECTION_KEEP:
+                        if token == b"close":
+                            conn_close = True
+                        elif token == b"keep-alive":
+                            conn_keep = True
+                        elif token != b"upgrade":
                             if extra is None:
                                 extra = set()
                             extra.add(token)
+        self.up_keep = not conn_close if head[5:8] == b"1.1" else conn_keep and not conn_close
 
         if self.method == b"HEAD" or status in (204, 304):
             rstate = R_NONE
@@ -769,6 +856,12 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         elif not self.v11:
             head = head[:-2] + b"Connection: keep-alive\r\n\r\n"
 
+        if self.hsts:
+            head = head[:-2] + self.hsts + b"\r\n"
+        rules = self.backend.cookie_rules
+        if rules is not None and self.server is not None:
+            head = rules.response_head(head, self.server.cookie, self.pinned is self.server,
+                                       self.wall, self.cookie_first)
         self.resp_started = True
         self.rstate = rstate
         self.bytes_out += len(head)
@@ -793,10 +886,14 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 self._arm(self.backend.timeouts.server, T_SERVER)
         elif rstate == R_CHUNKED:
             self.rchunks = ChunkedEnd()
-            self.transport.write(head)
             if rest:
-                self._response_chunks(rest)
+                # Chunks that came with the head are checked before the head goes out,
+                # so that invalid framing there is still a 502.
+                self.resp_started = False
+                self.bytes_out -= len(head)
+                self._response_chunks(rest, head)
             else:
+                self.transport.write(head)
                 self._arm(self.backend.timeouts.server, T_SERVER)
         else:
             self.keep_client = False
@@ -814,7 +911,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.transport.write(part)
             self.bytes_out += len(part)
 
-    def _response_chunks(self, data: bytes) -> None:
+    def _response_chunks(self, data: bytes, head: bytes = b"") -> None:
         up = self.upstream
         assert up is not None and self.rchunks is not None
         try:
@@ -831,8 +928,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         if e >= 0 and not up.mc:
             self._bad_response()
             return
-        self.transport.write(part)
-        self.bytes_out += len(part)
+        if head:
+            self.resp_started = True
+            self.bytes_out += len(head)
+            self._write_head_and(head, part)
+        else:
+            self.transport.write(part)
+            self.bytes_out += len(part)
         if e >= 0:
             self._response_done(reusable=e == len(data))
 
@@ -861,6 +963,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._response_done(reusable=False)
             return False
         if rstate == R_TUNNEL:
+            self.server_eof = True
             if self.transport is not None and self.transport.can_write_eof():
                 self.transport.write_eof()
             if self.client_eof:
@@ -944,8 +1047,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.upstream = None
         self.rstate = R_NONE
         if up is not None:
-            if reusable and up.mc and self.state == DONE and self.v11 and not self.upgrade \
-                    and up.parser.should_keep_alive():
+            if reusable and up.mc and self.up_keep and self.state == DONE and self.v11 \
+                    and not self.upgrade:
                 up.release()
             else:
                 up.close()
@@ -991,7 +1094,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.server = None
             server.responses[cls] += 1
             server.bytes_out += self.bytes_out
+            server.sessions.discard(self)
             be.release(server)
+            if server.observe:
+                if status >= 500 and (server.observe == 7 or self.term[0] == "S"):
+                    self._observe_error(server, f"status {status}")
+                elif server.obs_errors and 100 <= status < 500:
+                    server.obs_errors = 0
         if self.waiter is not None:
             self.waiter.cancelled = True
             self.waiter = None
@@ -1116,3 +1225,60 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             return True
         self.keep_client = False
         return False
+
+    def kill_session(self) -> None:
+        """``shutdown sessions``: abort this transaction at once (termination K)."""
+        if self.state != CLOSED:
+            self.term = "KD" if self.resp_started else "KC"
+            self._close(abort=True)
+
+    def _observe_error(self, server: Any, reason: str) -> None:
+        """Passive check: report after ``error_limit`` consecutive errors."""
+        server.obs_errors += 1
+        if server.obs_errors >= server.cfg.error_limit:
+            server.obs_errors = 0
+            observer = self.worker.observer
+            if observer is not None:
+                observer(server.backend.name, server.name, False, reason)
+
+    def _redirect_https(self) -> None:
+        """``redirect_to_https`` on a plain bind: 301 (or the configured code) to https."""
+        fe = self.frontend
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        port = "" if fe.https_port == 443 else f":{fe.https_port}"
+        target = self.target.decode("latin-1")
+        if not target.startswith("/"):
+            target = "/" + target.split("://", 1)[-1].partition("/")[2]
+        code = fe.redirect_code
+        if code == 301 and self.method not in (b"GET", b"HEAD"):
+            code = 308  # keep the method and body
+        reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
+                  308: "Permanent Redirect"}[code]
+        location = f"https://{host}{port}{target}"
+        keep = self.keep_alive and self.state == DONE and not self.worker.stopping
+        head = (f"HTTP/1.1 {code} {reason}\r\nLocation: {location}\r\nContent-Length: 0\r\n"
+                + ("" if keep else "Connection: close\r\n") + "\r\n").encode("latin-1", "replace")
+        self.transport.write(head)
+        self.status = code
+        self.resp_started = True
+        self.bytes_out += len(head)
+        self.keep_client = keep
+        self.pending = None
+        self._end_transaction()
+        if keep:
+            self._next_request()
+        else:
+            self._close()
+
+
+class TlsHttpClient(HttpClient):
+    """A client on a TLS bind.  asyncio creates the protocol before the handshake
+    and calls ``connection_made`` only after it succeeded, so a protocol dropped
+    without ``connection_made`` is a failed (or abandoned) handshake: counted."""
+
+    def __del__(self) -> None:
+        if self.peer == "-" and self.bind is not None and self.bind.tls is not None:
+            self.bind.tls.handshake_failures += 1
+            self.frontend.tls_failures += 1

@@ -13,10 +13,12 @@ import asyncio
 import time
 from typing import Any
 
-from .common import LazyTimer
+from ..tls import NEED_MORE, client_hello_sni
+from .common import INF, LazyTimer
 from .upstream import Upstream
 
-T_QUEUE, T_CONNECT, T_IDLE = range(3)
+T_QUEUE, T_CONNECT, T_IDLE, T_INSPECT = range(4)
+CLIENT_HELLO_LIMIT = 16384 + 5
 PENDING_LIMIT = 256 * 1024
 RETRY_TURNAROUND = 0.02
 
@@ -24,19 +26,33 @@ RETRY_TURNAROUND = 0.02
 class TcpUpstream(Upstream):
     """A server connection in TCP mode: every event goes to its client."""
 
-    __slots__ = ()
+    __slots__ = ("early",)
 
     def __init__(self, loop: Any, server: Any) -> None:
         super().__init__(loop, server, http=False)
+        self.early: list[bytes] | None = None
 
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is not None:
             client.upstream_data(data)
+        else:
+            # The server spoke first (a greeting) before its client was attached: keep it.
+            if self.early is None:
+                self.early = []
+            self.early.append(data)
+
+    def eof_received(self) -> bool:
+        if self.client is None:
+            if self.early is None:
+                self.early = []
+            self.early.append(b"")  # the server's FIN, delivered once attached
+            return True
+        return super().eof_received()
 
 
 class TcpClient(LazyTimer, asyncio.Protocol):
-    def __init__(self, worker: Any, frontend: Any) -> None:
+    def __init__(self, worker: Any, frontend: Any, bind: Any = None) -> None:
         # Global state
         self.worker = worker
         self._loop = worker.loop
@@ -55,6 +71,9 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self.waiter: Any = None
         self.connecting: Any = None
         self.retries = 0
+        self.pinned = False
+        self.inspecting = False
+        self.sni: str | None = None
         self.peer = "-"
         self.src_ip = ""
         self.bytes_in = 0
@@ -67,12 +86,10 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self.wall = 0.0
         self._timer: Any = None
         self._deadline = 0.0
-        self._timer_at = 0.0
+        self._timer_at = INF
         self._tkind = 0
 
     # -- the request view used by routing (TCP rules: src, sni) ----------------------
-    sni = None
-
     @property
     def src(self) -> Any:
         import ipaddress
@@ -95,17 +112,36 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             ip = ip[7:]
         self.src_ip = ip
         self.peer = f"{ip}:{peer[1]}" if peer else "-"
+        if not self.worker.conn_opened(self):
+            return  # over maxconn: parked by the worker, which calls connection_made again
         self.t_start = self.t_mark = self._loop.time()
         self.wall = time.time()
-        self.worker.conn_opened(self)
         fe = self.frontend
         fe.requests += 1
+        if fe.needs_sni:
+            # Rules look at the TLS server name: wait for the ClientHello (inspect_delay).
+            self.inspecting = True
+            self._arm(fe.inspect_delay, T_INSPECT)
+            return
+        self._route()
+
+    def _route(self) -> None:
+        fe = self.frontend
         backend = fe.route(self)
         if backend is None:
             self.term = "PR"
             self._close()
             return
         self.backend = backend
+        if backend.stick is not None:
+            now = self._loop.time()
+            key = self.src_ip.encode()
+            server = backend.persistent(backend.by_name.get(backend.stick.get(key, now) or ""))
+            if server is not None:
+                backend.stick.put(key, server.name, now)
+                self.pinned = True
+                self._use(server)
+                return
         if not backend.usable:
             backend.no_server += 1
             self.term = "SC"
@@ -125,8 +161,15 @@ class TcpClient(LazyTimer, asyncio.Protocol):
 
     def _use(self, server: Any) -> None:
         self.t_queue = int((self._loop.time() - self.t_start) * 1000)
-        self.backend.acquire(server)
+        be = self.backend
+        be.acquire(server)
+        server.sessions.add(self)
         self.server = server
+        if be.stick is not None and not self.pinned:
+            key = self.src_ip.encode()
+            be.stick.put(key, server.name, self._loop.time())
+            if self.worker.stick_sync is not None:
+                self.worker.stick_sync(be.name, key, server.name)
         self._connect()
 
     def _connect(self) -> None:
@@ -137,9 +180,15 @@ class TcpClient(LazyTimer, asyncio.Protocol):
     async def _open(self, server: Any) -> None:
         loop = self._loop
         try:
-            _, conn = await loop.create_connection(
-                lambda: TcpUpstream(loop, server), server.host, server.port
-            )
+            if server.tls is None:
+                _, conn = await loop.create_connection(
+                    lambda: TcpUpstream(loop, server), server.host, server.port
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: TcpUpstream(loop, server), server.host, server.port,
+                    ssl=server.tls, server_hostname=server.tls_sni,
+                )
         except OSError:
             self.connecting = None
             self._connect_failed()
@@ -149,6 +198,8 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             conn.close()
             return
         self.t_connect = int((loop.time() - self.t_mark) * 1000)
+        if server.obs_errors:
+            server.obs_errors = 0
         self.upstream = conn
         conn.attach(self)
         if self.pending:
@@ -160,12 +211,28 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             self.transport.resume_reading()
         if self.client_eof and conn.transport.can_write_eof():
             conn.transport.write_eof()
-        self._arm(self._idle_timeout(), T_IDLE)
+        if conn.early is not None:  # what the server sent (or its FIN) before we attached
+            early, conn.early = conn.early, None
+            for data in early:
+                if data:
+                    self.upstream_data(data)
+                else:
+                    self.upstream_eof()
+        if conn.closed:
+            self.upstream_lost(None)
+        if not self.closed:
+            self._arm(self._idle_timeout(), T_IDLE)
 
     def _connect_failed(self) -> None:
         server = self.server
         be = self.backend
         server.conn_errors += 1
+        if server.observe:
+            server.obs_errors += 1
+            if server.obs_errors >= server.cfg.error_limit:
+                server.obs_errors = 0
+                if self.worker.observer is not None:
+                    self.worker.observer(be.name, server.name, False, "L4CON: connection failed")
         if self.closed:
             return
         if self.retries >= be.retries:
@@ -178,7 +245,9 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             other = be.pick_other(server, self.src_ip.encode() if be.key_kind else None)
             if other is not None:
                 be.release(server)
+                server.sessions.discard(self)
                 be.acquire(other)
+                other.sessions.add(self)
                 other.redispatches += 1
                 self.server = other
         self._disarm()
@@ -190,6 +259,19 @@ class TcpClient(LazyTimer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self.inspecting:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            buf = b"".join(self.pending)
+            sni = client_hello_sni(buf)
+            if sni == NEED_MORE and len(buf) < CLIENT_HELLO_LIMIT:
+                return
+            self.pending = [buf]
+            self.inspecting = False
+            self.sni = None if sni == NEED_MORE else sni
+            self._disarm()
+            self._route()
+            return
         up = self.upstream
         if up is not None:
             up.transport.write(data)
@@ -262,6 +344,11 @@ class TcpClient(LazyTimer, asyncio.Protocol):
     def _timeout(self, kind: int) -> None:
         if self.closed:
             return
+        if kind == T_INSPECT:
+            if self.inspecting:
+                self.inspecting = False
+                self._route()
+            return
         if kind == T_QUEUE:
             self.backend.queue_timeouts += 1
             self.term = "sQ"
@@ -314,6 +401,7 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             server.bytes_out += self.bytes_out
             be.bytes_in += self.bytes_in
             be.bytes_out += self.bytes_out
+            server.sessions.discard(self)
             be.release(server)
         worker = self.worker
         worker.conn_closed(self)
@@ -332,3 +420,8 @@ class TcpClient(LazyTimer, asyncio.Protocol):
 
     def stop_if_idle(self) -> bool:
         return False
+
+    def kill_session(self) -> None:
+        if not self.closed:
+            self.term = "KD"
+            self._close(abort=True)

@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""fleetproxy vs HAProxy (and a naive aiohttp proxy), in the same run: ``make bench``.
+
+Starts two nginx backends, HAProxy (nbthread 1), fleetproxy (1 worker) and
+the naive aiohttp proxy with equivalent configurations, all on 127.0.0.1 with
+free ports, and drives them with wrk, proxy after proxy, round after round.
+Prints the medians and the ratios to HAProxy with a verdict against the
+targets of issue 2, and writes them to ``proxy/bench/RESULTS.md``.
+
+    python proxy/bench/run.py                 # the full run (about 12 minutes)
+    python proxy/bench/run.py --quick         # a smoke run (about 1 minute), writes out/
+    python proxy/bench/run.py --profile       # always add a py-spy profile of fleetproxy
+    python proxy/bench/run.py --scenarios http-keepalive,tcp --proxies haproxy,fleetproxy
+
+Work files (generated configs, logs, raw wrk output) go to a temporary
+``fpb-*`` directory, removed afterwards unless ``--keep-workdir``; raw results
+and profiles go to ``proxy/bench/out/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from backends import counters as backend_counters
+from backends import find_nginx, start_backends
+from harness import BenchError, Placement, Processes, free_ports, raise_nofile
+from loadgen import IdleResult, Wrk, WrkResult, idle_connections
+from proxies import REFERENCE, SUBJECT, Instance, ProxyKind, Settings, Topology, proxy_kinds
+from report import (
+    IdleRow,
+    Row,
+    cmd_version,
+    console_table,
+    loadavg,
+    machine_info,
+    markdown,
+    rounds_markdown,
+    today,
+)
+from scenarios import SCENARIOS, Scenario, verify
+
+BENCH_DIR = Path(__file__).resolve().parent
+OUT_DIR = BENCH_DIR / "out"
+RESULTS = BENCH_DIR / "RESULTS.md"
+REPO = BENCH_DIR.parent.parent
+FULL = {"rounds": 5, "duration": 10, "warmup": 2, "idle_conns": 10000, "idle_settle": 3.0}
+QUICK = {"rounds": 1, "duration": 2, "warmup": 1, "idle_conns": 1000, "idle_settle": 1.0}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        )
+    ap.add_argument("--rounds", type=int, help="rounds; every proxy runs every scenario once per round "
+                    f"(default {FULL['rounds']}, --quick {QUICK['rounds']})")
+    ap.add_argument("--duration", type=int, help="seconds per wrk run "
+                    f"(default {FULL['duration']}, --quick {QUICK['duration']})")
+    ap.add_argument("--warmup", type=int, help="seconds of unmeasured load per proxy and scenario before "
+                    f"the rounds, 0 for none (default {FULL['warmup']}, --quick {QUICK['warmup']})")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    ap.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    ap.add_argument("--idle-conns", type=int, help="connections in the idle-RSS scenario "
+                    f"(default {FULL['idle_conns']}, --quick {QUICK['idle_conns']})")
+    ap.add_argument("--idle-settle", type=float, help="seconds idle before RSS is read "
+                    f"(default {FULL['idle_settle']:g}, --quick {QUICK['idle_settle']:g})")
+    ap.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
+                    help="comma-separated, from: " + ", ".join(s.key for s in SCENARIOS) + " (default: all)")
+    ap.add_argument("--proxies", default="haproxy,fleetproxy,aiohttp", help="comma-separated, from: haproxy, fleetproxy, aiohttp (default: all)")
+    ap.add_argument("--pin", default="auto",
+                    help="CPU placement: auto (proxy alone on the last CPU), none, or PROXY:LOAD CPU lists like 1:0")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (about a minute): fewer, shorter rounds, fewer idle connections; "
+                         "results to out/RESULTS-quick.md")
+    ap.add_argument("--profile", dest="profile", action="store_const", const="yes",
+                    help="after the rounds, profile fleetproxy with py-spy during an HTTP keep-alive run "
+                         "(default: when fleetproxy missed a throughput or latency target; never with --quick)")
+    ap.add_argument("--no-profile", dest="profile", action="store_const", const="no", help="never profile")
+    ap.add_argument("--profile-only", action="store_true", help="skip the measured rounds, only profile")
+    ap.add_argument("--profile-duration", type=int, default=10, help="seconds per py-spy run (default 10)")
+    ap.add_argument("--profile-python", action="store_true",
+                    help="Python frames only (default: py-spy --native, which also shows the C functions and "
+                         "system calls of uvloop, httptools and libc)")
+    ap.add_argument("--results", type=Path, default=None,
+                    help=f"Markdown results file (default {RESULTS.relative_to(REPO)}, "
+                         "or out/RESULTS-quick.md with --quick)")
+    ap.add_argument("--no-results", action="store_true", help="write no Markdown file")
+    ap.add_argument("--note", default=None, help="a note to put at the top of the results file")
+    ap.add_argument("--nginx", default=None, help="nginx binary (default /usr/sbin/nginx; Python backend if absent)")
+    ap.add_argument("--python-backend", action="store_true", help="use the Python backend even if nginx exists")
+    ap.add_argument("--haproxy", default=None, help="haproxy binary")
+    ap.add_argument("--wrk", default="/usr/bin/wrk", help="wrk binary")
+    ap.add_argument("--keep-workdir", action="store_true", help="keep the temporary work directory")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args(argv)
+    if args.profile is None:
+        args.profile = "no" if args.quick else "auto"
+    if args.profile_only:
+        args.profile = "yes"
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if min(args.duration, args.profile_duration) < 1 or args.warmup < 0 or args.rounds < 1:
+        ap.error("durations are whole seconds >= 1 (wrk's unit), rounds >= 1")
+    if args.results is None:
+        args.results = OUT_DIR / "RESULTS-quick.md" if args.quick else RESULTS
+    return args
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def describe(r: WrkResult) -> str:
+    err = f" ERRORS {r.errors}" if r.error_total else ""
+    return (f"{r.ok_rps:>9,.0f} req/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  "
+            f"CPU proxy {r.cpu_pct:3.0f}% load {r.load_cpu_pct:3.0f}% other {r.other_cpu_pct:3.0f}%{err}")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, procs: Processes) -> None:
+        self.args = args
+        self.procs = procs
+        self.placement = Placement.choose(args.pin)
+        self.settings = Settings(maxconn=max(20000, args.idle_conns + 1000),
+                                 nofile=raise_nofile(2 * max(20000, args.idle_conns + 1000) + 1000))
+        if any(s.kind == "idle" for s in SCENARIOS) and args.idle_conns + 500 > self.settings.nofile:
+            log(f"warning: the file-descriptor limit is {self.settings.nofile}; {args.idle_conns} idle "
+                "connections need more (raise the hard limit, or use --idle-conns)")
+        kinds = proxy_kinds(self.settings, args.haproxy)
+        wanted = [p.strip() for p in args.proxies.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in kinds]
+        if unknown:
+            raise BenchError(f"unknown proxies {unknown}; known: {', '.join(kinds)}")
+        if REFERENCE not in wanted:
+            log(f"note: {REFERENCE} is not in --proxies, so there are no ratios")
+        self.kinds: dict[str, ProxyKind] = {}
+        for name in wanted:
+            why = kinds[name].available()
+            if why:
+                log(f"skipping {name}: {why}")
+            else:
+                self.kinds[name] = kinds[name]
+        keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+        known = {s.key: s for s in SCENARIOS}
+        bad = [k for k in keys if k not in known]
+        if bad:
+            raise BenchError(f"unknown scenarios {bad}; known: {', '.join(known)}")
+        self.scenarios = [known[k] for k in keys]
+        if not Path(args.wrk).exists() and any(s.kind == "wrk" for s in self.scenarios):
+            raise BenchError(f"{args.wrk} not found (apt-get install wrk)")
+        self.wrk = Wrk(args.wrk, self.placement, procs.workdir, threads=args.wrk_threads,
+                       connections=args.connections)
+        self.instances: dict[str, Instance] = {}
+        self.configs: dict[str, str] = {}
+        self.problems: dict[tuple[str, str], list[str]] = {}
+        self.runs: dict[tuple[str, str], dict[int, WrkResult]] = {}
+        self.idle: dict[str, IdleResult] = {}
+        self.died: set[str] = set()
+        self.raw_dir = procs.workdir / "wrk"
+        self.raw_dir.mkdir()
+
+    def proxies_for(self, s: Scenario) -> list[str]:
+        return [name for name, kind in self.kinds.items()
+                if kind.supports(s.frontend) and (s.proxies is None or name in s.proxies)]
+
+    # -- set-up ------------------------------------------------------------------------
+    def start(self) -> None:
+        nginx = None if self.args.python_backend else find_nginx(self.args.nginx)
+        self.backends, self.backend_kind = start_backends(
+            self.procs, self.placement, free_ports(2), nginx)
+        if nginx:
+            self.backend_kind = cmd_version([nginx, "-v"]).replace("nginx version: ", "")
+            self.configs["nginx (backend 1)"] = (self.procs.workdir / "fpb-backend1" / "nginx.conf").read_text()
+        self.topo = Topology([b.address for b in self.backends])
+        self.wrk.backend_pids = [b.proc.pid for b in self.backends]
+        self.wrk.counters = lambda: backend_counters(self.backends)
+        log(f"backends: {self.backend_kind} on {', '.join(self.topo.backends)}")
+        log(f"CPU placement: {self.placement.describe()}")
+        if any(s.kind == "wrk" for s in self.scenarios) or self.args.profile == "yes":
+            for name, kind in self.kinds.items():
+                inst = kind.start(self.procs, self.placement, self.topo)
+                self.instances[name] = inst
+                self.configs[name] = (inst.config.read_text() if name != "aiohttp"
+                                      else " ".join(shlex.quote(a) for a in inst.proc.popen.args))
+                log(f"{name}: pid {inst.pid}, " + ", ".join(f"{f} :{p}" for f, p in inst.ports.items()))
+            for s in self.scenarios:
+                if s.kind != "wrk":
+                    continue
+                for name in self.proxies_for(s):
+                    problems = verify(self.instances[name].ports[s.frontend], s.frontend)
+                    if problems:
+                        log(f"CHECK FAILED {s.key} {name}: {'; '.join(problems)}")
+                    self.problems[(s.key, name)] = problems
+
+    def alive(self, name: str) -> bool:
+        inst = self.instances[name]
+        if inst.proc.alive():
+            return True
+        if name not in self.died:
+            self.died.add(name)
+            log(f"{name} (pid {inst.pid}) has exited with {inst.proc.popen.returncode}:\n{inst.proc.tail()}")
+        return False
+
+    # -- measured rounds ---------------------------------------------------------------
+    def run_one(self, s: Scenario, name: str, duration: float) -> WrkResult:
+        inst = self.instances[name]
+        return self.wrk.run(inst.url(s.frontend, s.path), duration, s.headers, proxy_pid=inst.pid)
+
+    def rounds(self) -> None:
+        wrk_scenarios = [s for s in self.scenarios if s.kind == "wrk"]
+        if not wrk_scenarios:
+            return
+        if self.args.warmup > 0:
+            log(f"warm-up: {self.args.warmup:g} s per scenario and proxy")
+            for s in wrk_scenarios:
+                for name in self.proxies_for(s):
+                    if self.alive(name):
+                        self.run_one(s, name, self.args.warmup)
+        for rnd in range(self.args.rounds):
+            log(f"-- round {rnd + 1}/{self.args.rounds} (load average {loadavg()})")
+            for s in wrk_scenarios:
+                names = self.proxies_for(s)
+                k = rnd % len(names) if names else 0
+                for name in names[k:] + names[:k]:
+                    if not self.alive(name):
+                        continue
+                    r = self.run_one(s, name, self.args.duration)
+                    self.runs.setdefault((s.key, name), {})[rnd] = r
+                    (self.raw_dir / f"{s.key}-{name}-r{rnd + 1}.txt").write_text(r.raw)
+                    log(f"   {s.key:<15} {name:<11} {describe(r)}")
+
+    # -- idle connections ----------------------------------------------------------------
+    def idle_runs(self) -> None:
+        for s in self.scenarios:
+            if s.kind != "idle":
+                continue
+            for name in self.proxies_for(s):
+                # A fresh instance: earlier traffic must not have pre-grown its heap.
+                inst = self.kinds[name].start(self.procs, self.placement, self.topo, tag="-idle")
+                try:
+                    problems = verify(inst.ports[s.frontend], s.frontend)
+                    self.problems[(s.key, name)] = problems
+                    if problems:
+                        log(f"CHECK FAILED {s.key} {name}: {'; '.join(problems)}")
+                    res = idle_connections(self.procs, self.placement, inst.ports[s.frontend], inst.pid,
+                                           self.args.idle_conns, settle=self.args.idle_settle)
+                    self.idle[name] = res
+                    log(f"   {s.key:<15} {name:<11} {res.bytes_per_conn / 1024:6.2f} KiB/conn "
+                        f"(RSS {res.rss_before / 2**20:.1f} -> {res.rss_idle / 2**20:.1f} MiB, "
+                        f"{res.failed} failed, {res.closed_early} closed early, "
+                        f"set up in {res.open_seconds:.1f} s)")
+                    if not inst.proc.alive():
+                        self.died.add(name)
+                        log(f"{name} exited during the idle test:\n{inst.proc.tail()}")
+                finally:
+                    self.procs.stop(inst.proc)
+
+    # -- profile -------------------------------------------------------------------------
+    def want_profile(self) -> bool:
+        """--profile: yes; --no-profile: no; by default when a wrk target of the subject was missed."""
+        mode = self.args.profile
+        if mode != "auto":
+            return mode == "yes"
+        rows, _ = self.rows()
+        missed = [r.scenario.key for r in rows if r.proxy == SUBJECT and not all(c.ok for c in r.checks())]
+        if not missed:
+            return False
+        from pyspy import find_pyspy
+
+        if find_pyspy() is None or SUBJECT not in self.instances or not self.alive(SUBJECT):
+            log("targets missed, but no profile: py-spy or a running fleetproxy is missing")
+            return False
+        log(f"targets missed in {', '.join(missed)}: profiling (--no-profile to skip)")
+        return True
+
+    def profile(self):
+        from pyspy import find_pyspy, profile
+
+        pyspy = find_pyspy()
+        if pyspy is None:
+            raise BenchError("py-spy not found: pip install py-spy (it is in proxy[bench])")
+        inst = self.instances.get(SUBJECT)
+        if inst is None or not self.alive(SUBJECT):
+            raise BenchError(f"--profile needs a running {SUBJECT} (is it in --proxies?)")
+        stem = f"profile-{time.strftime('%Y%m%d-%H%M%S')}-{SUBJECT}-http-keepalive"
+        log(f"profiling {SUBJECT} (pid {inst.pid}) with py-spy for 2 x {self.args.profile_duration:g} s")
+        prof = profile(pyspy=pyspy, pid=inst.pid, wrk=self.wrk, url=inst.url("http", "/"),
+                       duration=self.args.profile_duration, placement=self.placement, procs=self.procs,
+                       out_dir=OUT_DIR, stem=stem, native=not self.args.profile_python)
+        log(f"profile: {prof.svg}\n         {prof.collapsed}\n         {prof.top_txt}")
+        log(prof.top_txt.read_text())
+        return prof
+
+    # -- results -------------------------------------------------------------------------
+    def rows(self) -> tuple[list[Row], list[IdleRow]]:
+        rows, idle = [], []
+        for s in self.scenarios:
+            for name in self.proxies_for(s):
+                if s.kind == "wrk":
+                    runs = self.runs.get((s.key, name), {})
+                    if not runs:
+                        continue
+                    ref = None if name == REFERENCE else self.runs.get((s.key, REFERENCE), {})
+                    rows.append(Row(s, name, runs, ref, self.problems.get((s.key, name), []),
+                                    died=name in self.died))
+                elif name in self.idle:
+                    ref = None if name == REFERENCE else self.idle.get(REFERENCE)
+                    idle.append(IdleRow(s, name, self.idle[name], ref, self.problems.get((s.key, name), []),
+                                        died=name in self.died))
+        return rows, idle
+
+    def versions(self) -> dict[str, str]:
+        v = {name: kind.version() for name, kind in self.kinds.items() if name != "aiohttp"}
+        v["wrk"] = self.wrk.version()
+        v["backends"] = self.backend_kind
+        return {k if k != "fleetproxy" else "fleetproxy (under test)": val for k, val in v.items()}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python proxy/bench/run.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
+    # SIGTERM ends the run like Ctrl-C does, so every started process is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="fpb-"))
+    load_start = loadavg()
+    started = time.monotonic()
+    prof = None
+    try:
+        with Processes(workdir) as procs:
+            bench = Bench(args, procs)
+            log(f"work directory: {workdir}")
+            bench.start()
+            if not args.profile_only:
+                bench.rounds()
+                bench.idle_runs()
+            if bench.want_profile():
+                prof = bench.profile()
+            rows, idle = bench.rows()
+            versions = bench.versions()
+            configs = bench.configs
+            placement = bench.placement.describe()
+    except BenchError as exc:
+        log(f"benchmark failed: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        if args.keep_workdir:
+            log(f"kept work directory {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    elapsed = time.monotonic() - started
+    print(console_table(rows, idle))
+    print(f"\n{len(rows)} measurements in {elapsed / 60:.1f} min; CPU placement: {placement}")
+
+    OUT_DIR.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    raw = {
+        "command": command, "date": today(), "args": {k: str(v) for k, v in vars(args).items()},
+        "wrk": [{"scenario": r.scenario.key, "proxy": r.proxy, "rounds": {i: x.as_dict() for i, x in r.runs.items()}}
+                for r in rows],
+        "idle": [{"proxy": r.proxy, **r.result.as_dict()} for r in idle],
+    }
+    (OUT_DIR / f"results-{stamp}.json").write_text(json.dumps(raw, indent=1))
+
+    if not args.no_results:
+        meta = {
+            "date": today(), "load_start": load_start, "load_end": loadavg(),
+            "backends": versions.get("backends", "?"), "rounds": str(args.rounds),
+            "duration": f"{args.duration:g}", "warmup": f"{args.warmup:g}",
+            "idle_settle": f"{args.idle_settle:g}",
+            "wrk": f"{args.wrk_threads} thread(s), {args.connections} connections, --latency, 2 s timeout",
+            "idle_conns": str(args.idle_conns),
+        }
+        info = machine_info({k: v for k, v in versions.items() if k != "backends"})
+        md = markdown(rows=rows, idle=idle, info=info, meta=meta, placement=placement, command=command,
+                      note=args.note, profile_md=prof.markdown(f"{SUBJECT}, HTTP keep-alive", REPO) if prof else None,
+                      rounds_table=rounds_markdown(rows), configs=configs)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(md)
+        print(f"results written to {args.results}")
+
+    missed = [r for r in [*rows, *idle] if not all(c.ok for c in r.checks())]
+    return 1 if (args.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,1 @@
+"""Test support for fleetproxy: a recording test backend, the proxy process, raw clients."""
