@@ -47,6 +47,18 @@ print(json.dumps({"seen": seen, "failures": failures}))
 """
 
 
+# GET on the admin API's UNIX socket; prints {"status": ..., "body": ...}.
+ADMIN_GET = r"""
+import http.client, json, socket
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.settimeout(5)
+        self.sock.connect("/run/fleetproxy/admin.sock")
+c = C("localhost"); c.request("GET", "%s"); r = c.getresponse()
+print(json.dumps({"status": r.status, "body": json.loads(r.read() or b"null")}))
+"""
+
+
 @pytest.fixture(scope="module")
 def proxy():
     return testinfra.get_host("docker://fpa-proxy1")
@@ -60,6 +72,33 @@ def client():
 def send_requests(client, count):
     out = client.check_output("python3 -c %s %s %s", CLIENT, PROXY_URL, str(count))
     return json.loads(out)
+
+
+def admin_get(proxy, path):
+    out = proxy.check_output("%s -c %s", "/opt/fleetproxy/venv/bin/python", ADMIN_GET % path)
+    return json.loads(out)
+
+
+def servers_of(proxy, backend):
+    answer = admin_get(proxy, f"/v1/backends/{backend}/servers")
+    assert answer["status"] == 200, answer
+    body = answer["body"]
+    return {s["name"]: s for s in (body["servers"] if isinstance(body, dict) else body)}
+
+
+def wait_until_healthy(proxy, backend="http_back", timeout=20.0):
+    """After a start or restart, servers with checks are down until their first check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            servers = servers_of(proxy, backend)
+            if servers and all(s.get("health") == "up" for s in servers.values()):
+                return servers
+        except (AssertionError, ValueError, RuntimeError):
+            servers = None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"servers of {backend} not all up after {timeout}s: {servers}")
+        time.sleep(0.5)
 
 
 def inventory_vars(host):
@@ -80,6 +119,19 @@ def run_site(*extra_args):
         capture_output=True, text=True, timeout=600, check=False, env=env,
     )
     return run.returncode, run.stdout + run.stderr
+
+
+def backend_server(**args):
+    """Run fleetproxy.fleet.backend_server on the proxy; returns (status word, result)."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run(
+        ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "fpa-proxy1", "-m", "fleetproxy.fleet.backend_server",
+         "-a", json.dumps(args)],
+        capture_output=True, text=True, timeout=300, check=False, env=env,
+    )
+    match = re.match(r"fpa-proxy1 \| (\w+)[^{]*(\{.*\})\s*$", run.stdout, re.S)
+    assert match, run.stdout + run.stderr
+    return match.group(1), json.loads(match.group(2))
 
 
 def handler_result(output, name):
@@ -136,12 +188,28 @@ def test_rendered_config_passes_check(proxy):
 def test_config_is_the_inventory_one_to_one(proxy):
     rendered = yaml.safe_load(proxy.file(CONFIG).content_string)
     hostvars = inventory_vars("fpa-proxy1")
+    # The role adds the admin sockets and the state file; the inventory sets no such key.
+    role_global = {
+        "admin": {"socket": "/run/fleetproxy/admin.sock", "runtime_socket": "/run/fleetproxy/runtime.sock"},
+        "state_file": "/var/lib/fleetproxy/server-state.json",
+    }
+    assert not set(role_global) & set(hostvars["fleetproxy_global"])
     assert rendered == {
-        "global": hostvars["fleetproxy_global"],
+        "global": {**role_global, **hostvars["fleetproxy_global"]},
         "defaults": hostvars["fleetproxy_defaults"],
         "frontends": hostvars["fleetproxy_frontends"],
         "backends": hostvars["fleetproxy_backends"],
     }
+
+
+def test_admin_api_answers_on_its_socket(proxy):
+    sock = proxy.file("/run/fleetproxy/admin.sock")
+    assert sock.is_socket
+    assert sock.user == "fleetproxy"
+    assert sock.mode == 0o660
+    health = admin_get(proxy, "/v1/health")
+    assert health["status"] == 200, health
+    assert sorted(wait_until_healthy(proxy)) == ["server1", "server2"]
 
 
 def test_nonlocal_bind_is_set(proxy):
@@ -149,9 +217,10 @@ def test_nonlocal_bind_is_set(proxy):
     assert proxy.file("/proc/sys/net/ipv4/ip_nonlocal_bind").content_string.strip() == "1"
 
 
-def test_traffic_reaches_both_backends_by_weight(client):
+def test_traffic_reaches_both_backends_by_weight(proxy, client):
     # server1 has weight 3, server2 weight 1: 80 requests give 60 and 20 with a smooth
-    # weighted round robin; allow a little slack for a health check settling.
+    # weighted round robin; a little slack all the same.
+    wait_until_healthy(proxy)
     result = send_requests(client, 80)
     assert result["failures"] == []
     seen = result["seen"]
@@ -202,8 +271,57 @@ def test_config_and_unit_change_restarts_once_without_reload(proxy, client):
     assert returncode == 0, output
     assert handler_result(output, "Restart fleetproxy") == "changed", output
     assert proxy.check_output("systemctl show -p LimitNOFILE --value fleetproxy") == str(2000 * 2 + 1024)
-    deadline = time.monotonic() + 10
-    while not proxy.service("fleetproxy").is_running and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until_healthy(proxy)
     result = send_requests(client, 8)
     assert result["failures"] == []
+
+
+def test_config_change_reloads_without_restart(proxy, client):
+    """A weight change touches only the configuration: the reload handler runs, the
+    master keeps its PID, and the new weights take effect. Put back afterwards."""
+    before_pid = main_pid(proxy)
+    backends = inventory_vars("fpa-proxy1")["fleetproxy_backends"]
+    backends[0]["servers"][0]["weight"] = 1
+    try:
+        returncode, output = run_site("-e", json.dumps({"fleetproxy_backends": backends}))
+        assert returncode == 0, output
+        assert handler_result(output, "Reload fleetproxy") == "changed", output
+        assert handler_result(output, "Restart fleetproxy") is None, output
+        assert main_pid(proxy) == before_pid
+        server1 = servers_of(proxy, "http_back")["server1"]
+        assert (server1["config_weight"], server1["weight"]) == (1, 1), server1
+        result = send_requests(client, 40)
+        assert result["failures"] == []
+        assert 17 <= result["seen"].get("server1", 0) <= 23, result
+    finally:
+        returncode, output = run_site()
+    assert returncode == 0, output
+    assert handler_result(output, "Reload fleetproxy") == "changed", output
+    assert main_pid(proxy) == before_pid
+    result = send_requests(client, 40)
+    assert result["failures"] == []
+    assert 27 <= result["seen"].get("server1", 0) <= 33, result
+
+
+def test_backend_server_drain_and_ready_show_in_traffic(proxy, client):
+    """The collection's backend_server module drains server1 (no new requests reach it,
+    changed only the first time), then makes it ready again (the 3:1 split returns)."""
+    wait_until_healthy(proxy)
+    try:
+        status, result = backend_server(backend="http_back", name="server1", state="drain", wait=True, wait_timeout=30)
+        assert status == "CHANGED", result
+        assert servers_of(proxy, "http_back")["server1"]["state"] == "drain"
+        drained = send_requests(client, 20)
+        assert drained["failures"] == []
+        assert drained["seen"] == {"server2": 20}, drained
+
+        status, result = backend_server(backend="http_back", name="server1", state="drain", wait=True, wait_timeout=30)
+        assert status == "SUCCESS", result
+        assert result["changed"] is False
+    finally:
+        status, result = backend_server(backend="http_back", name="server1", state="ready", wait=True, wait_timeout=30)
+    assert status == "CHANGED", result
+    assert servers_of(proxy, "http_back")["server1"]["state"] == "ready"
+    ready = send_requests(client, 40)
+    assert ready["failures"] == []
+    assert 27 <= ready["seen"].get("server1", 0) <= 33, ready
