@@ -15,6 +15,7 @@ echo "built $tarball ($(du -k "$tarball" | cut -f1) KiB)"
 listing="$(tar -tzf "$tarball")"
 for wanted in MANIFEST.json meta/runtime.yml README.md changelogs/changelog.yaml \
               playbooks/site.yml roles/proxy/tasks/main.yml roles/proxy/files/wheelhouse.py \
+              plugins/modules/backend_server.py plugins/module_utils/proxy_admin.py \
               proxy/pyproject.toml proxy/src/fleetproxy/cli.py proxy/src/fleetproxy/config.py; do
     grep -qx "$wanted" <<<"$listing" || { echo "missing from the tarball: $wanted" >&2; exit 1; }
 done
