@@ -2,7 +2,7 @@
 #
 #   make demo    the proxy on proxy/examples/quickstart.yml in front of two demo backends
 #   make test    every test: unit, integration, lint and sanity, Molecule scenarios
-#   make test-ansible   the collection's gates only (lint, sanity, build, Molecule)
+#   make test-ansible   the collection's gates only (lint, sanity, module tests, build, Molecule)
 #   make bench   benchmarks against HAProxy (and keepalived), results in proxy/bench/
 
 SHELL := /bin/bash
@@ -65,7 +65,7 @@ collection-link:
 	mkdir -p build/collections/ansible_collections/fleetproxy
 	ln -sfn ../../../.. build/collections/ansible_collections/fleetproxy/fleet
 
-test-ansible: ansible-lint ansible-syntax ansible-sanity ansible-build molecule
+test-ansible: ansible-lint ansible-syntax ansible-sanity test-modules ansible-build molecule
 
 ansible-lint: $(ANSIBLE_STAMP) collection-link
 	$(TIME) $(ANSIBLE_ENV) ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections $(BIN)/ansible-lint
