@@ -11,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy test-modules lint bench clean \
+.PHONY: all venv demo test test-proxy test-modules lint bench bench-failover clean \
 	test-ansible ansible-venv ansible-lint ansible-sanity ansible-syntax ansible-build \
 	molecule molecule-image collection-link
 
@@ -51,6 +51,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python proxy/bench/run.py
+
+# VRRP failover against keepalived (root: network namespaces); writes proxy/bench/RESULTS-failover.md
+bench-failover: $(STAMP)
+	$(BIN)/python proxy/bench/failover.py
 
 # --- The Ansible collection fleetproxy.fleet --------------------------------------
 # Every gate prints its wall time. Molecule needs Docker and root (see .ci/run).

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from backends import counters as backend_counters
 from backends import find_nginx, start_backends
-from harness import BenchError, Placement, Processes, free_ports, raise_nofile
+from harness import BenchError, Placement, Processes, free_ports, process_tree, raise_nofile
 from loadgen import IdleResult, Wrk, WrkResult, idle_connections
 from proxies import REFERENCE, SUBJECT, Instance, ProxyKind, Settings, Topology, proxy_kinds
 from report import (
@@ -292,8 +292,18 @@ class Bench:
         if inst is None or not self.alive(SUBJECT):
             raise BenchError(f"--profile needs a running {SUBJECT} (is it in --proxies?)")
         stem = f"profile-{time.strftime('%Y%m%d-%H%M%S')}-{SUBJECT}-http-keepalive"
-        log(f"profiling {SUBJECT} (pid {inst.pid}) with py-spy for 2 x {self.args.profile_duration:g} s")
-        prof = profile(pyspy=pyspy, pid=inst.pid, wrk=self.wrk, url=inst.url("http", "/"),
+        # The data path runs in the worker processes (children of the master).
+        target = inst.pid
+        for pid in process_tree(inst.pid)[1:]:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"fleetproxy.process" in f.read():
+                        target = pid
+                        break
+            except OSError:
+                continue
+        log(f"profiling {SUBJECT} worker (pid {target}) with py-spy for 2 x {self.args.profile_duration:g} s")
+        prof = profile(pyspy=pyspy, pid=target, wrk=self.wrk, url=inst.url("http", "/"),
                        duration=self.args.profile_duration, placement=self.placement, procs=self.procs,
                        out_dir=OUT_DIR, stem=stem, native=not self.args.profile_python)
         log(f"profile: {prof.svg}\n         {prof.collapsed}\n         {prof.top_txt}")

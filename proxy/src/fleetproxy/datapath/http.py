@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
 from typing import Any
 
@@ -53,6 +54,11 @@ WRITE_JOIN_LIMIT = 16 * 1024
 RETRY_TURNAROUND = 0.02
 
 _TUNNEL_STRIP = REQUEST_STRIP - {b"upgrade"}
+_CLASS = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
+_NUM = {i: str(i) for i in range(-1, 4096)}.get  # status // 100 -> responses index (0: other)
+_STRIP_RESPONSE = re.compile(
+    rb"\r\n(?:" + b"|".join(sorted(RESPONSE_STRIP)) + rb"):[^\r\n]*", re.IGNORECASE
+).sub
 
 
 class HttpClient(LazyTimer, asyncio.Protocol):
@@ -84,50 +90,49 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self._deadline = 0.0
         self._timer_at = INF
         self._tkind = 0
-        # Per-request state
+        # Per-request state (set when a request starts, or reset by _new_request)
+        self.head = b""
+        self.method = b""
+        self.target = b""
+        self.v11 = True
+        self.keep_alive = True
+        self.host_b = b""
+        self.pending_size = 0
+        self.sent = False
+        self.rbuf = b""
+        self.rfed = 0
+        self.rleft = 0
+        self.up_keep = False
+        self.t_start = 0.0
+        self.t_mark = 0.0
         self._new_request()
 
     def _new_request(self) -> None:
+        """Reset what a finished transaction may leave behind (the rest is always
+        set before it is read)."""
         self.backend: Any = None
         self.server: Any = None
         self.upstream: Upstream | None = None
         self.pinned: Any = None
         self.cookie_first: float | None = None
         self.pending: list[bytes] | None = None
-        self.pending_size = 0
         self.waiter: Any = None
         self.connecting: Any = None
         self.head = b""
-        self.method = b""
-        self.target = b""
-        self.v11 = True
-        self.keep_alive = True
         self.upgrade = False
-        self.host_b = b""
         self.body_left = 0
         self.chunks: ChunkedEnd | None = None
-        self.sent = False
         self.retries = 0
         self.replayed = False
         self.txn = False
         self.rstate = R_NONE
-        self.rbuf = b""
-        self.rfed = 0
         self.rchunks: ChunkedEnd | None = None
-        self.rleft = 0
         self.resp_started = False
         self.keep_client = True
-        self.up_keep = False
         self.status = -1
         self.bytes_out = 0
         self.term = "--"
-        self.t_start = 0.0
-        self.t_head = -1
-        self.t_queue = -1
-        self.t_connect = -1
-        self.t_resp = -1
-        self.t_mark = 0.0
-        self.wall = 0.0
+        self.t_head = self.t_queue = self.t_connect = self.t_resp = -1
 
     # -- llhttp callbacks -------------------------------------------------------
     def on_headers_complete(self) -> None:
@@ -296,8 +301,12 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             if self.nreq:
                 self.t_start = self._loop.time()
                 self._arm(self.frontend.timeouts.http_request, T_REQUEST)
-        buf = self.buf + data if self.buf else data
-        end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))
+        if self.buf:
+            buf = self.buf + data
+            end = buf.find(b"\r\n\r\n", max(0, len(self.buf) - 3))
+        else:
+            buf = data
+            end = data.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > limits.max_head:
                 self._reject(414 if buf.find(b"\r\n") < 0 else 431, "PR")
@@ -339,7 +348,6 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         limits = self.limits
         loop = self._loop
         self.nreq += 1
-        self.wall = time.time()
         now = loop.time()
         self.t_head = int((now - self.t_start) * 1000)
         self.t_mark = now
@@ -367,7 +375,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         if method == b"CONNECT":
             self._reject(405, "PR")
             return
-        if head.count(b"\r\n") - 2 > limits.max_headers:
+        # A header line takes at least 4 bytes: short heads need no count.
+        if len(head) > 4 * limits.max_headers and head.count(b"\r\n") - 2 > limits.max_headers:
             self._reject(431, "PR")
             return
 
@@ -462,14 +471,14 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         if fe.redirect_code and not self.tls:
             self._redirect_https()
             return
-        backend = fe.route(self)
+        backend = fe.route(self) if fe.has_rules else fe.default_backend
         if backend is None:
             self._reply_error(503, "PR" if not fe.has_rules else "P-")
             return
         self.backend = backend
         rules = backend.cookie_rules
         if rules is not None:
-            value, self.cookie_first = rules.server_value(head, self.wall)
+            value, self.cookie_first = rules.server_value(head, time.time())
             if value is not None:
                 self.pinned = backend.by_cookie.get(value.decode("latin-1"))
             edited = rules.request_head(up_head)
@@ -563,6 +572,11 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
     def _dispatch(self) -> None:
         be = self.backend
+        if be.plain and be.usable:  # no persistence: the common case
+            server = be.balancer.pick(self._hash_key(be) if be.key_kind else None)
+            if server is not None:
+                self._use(server)
+                return
         stick = be.stick
         if self.pinned is not None:
             # Cookie persistence: the pinned server if it may still take the client.
@@ -604,19 +618,25 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         be.acquire(server)
         server.sessions.add(self)
         self.server = server
-        if be.stick is not None and self.pinned is None:
+        if not be.plain and be.stick is not None and self.pinned is None:
             key = self.src_ip.encode()
             be.stick.put(key, server.name, self._loop.time())
             sync = self.worker.stick_sync
             if sync is not None:
                 sync(be.name, key, server.name)
-        self.t_mark = self._loop.time()
-        conn = take_idle(server, self.t_mark, self.worker.pool_idle_timeout)
-        if conn is not None:
-            self.t_connect = 0
-            self._send(conn)
-        else:
-            self._connect()
+        now = self.t_mark = self._loop.time()
+        idle = server.idle
+        if idle:
+            conn = idle.pop()
+            if conn.closed or now - conn.idle_since >= self.worker.pool_idle_timeout \
+                    or conn.transport.is_closing():
+                conn.close()
+                conn = take_idle(server, now, self.worker.pool_idle_timeout)
+            if conn is not None:
+                self.t_connect = 0
+                self._send(conn, now)
+                return
+        self._connect()
 
     def _connect(self) -> None:
         self._arm(self.backend.timeouts.connect, T_CONNECT)
@@ -677,9 +697,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.t_mark = self._loop.time()
             self._connect()
 
-    def _send(self, conn: Upstream) -> None:
+    def _send(self, conn: Upstream, now: float = 0.0) -> None:
         self.upstream = conn
-        conn.attach(self)
+        conn.client = self
+        conn.hc = conn.mc = False
         pending = self.pending
         self.pending = None
         if self.paused & P_PENDING:
@@ -690,7 +711,11 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.sent = True
         conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[index]
         if self.state != BODY:
-            self._arm(self.backend.timeouts.server, T_SERVER)
+            deadline = (now or self._loop.time()) + self.backend.timeouts.server
+            self._deadline = deadline
+            self._tkind = T_SERVER
+            if deadline < self._timer_at:
+                self._rearm(deadline)
 
     # -- server data ------------------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
@@ -756,9 +781,54 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._arm(self.backend.timeouts.server, T_SERVER)
             return
         end += 4
+        n = len(buf)
+
+        # The framing headers first (a scan of the raw head; llhttp validates it
+        # below), so that a response that came whole in one read is fed once.
+        strip = False
+        extra: set[bytes] | None = None
+        length = -1
+        chunked = False
+        until_close = False
+        conn_close = conn_keep = False
+        only_keepalive = False  # the only hop-by-hop header is "Connection: keep-alive"
+        for name, value in RESPONSE_HEADERS.findall(buf, 0, end):
+            name = name.lower()
+            if name == b"content-length":
+                value = value.rstrip(b" \t")
+                length = int(value) if value.isdigit() else -2  # llhttp rejects it below
+            elif name == b"transfer-encoding":
+                if value.rstrip(b" \t").lower().endswith(b"chunked"):
+                    chunked = True
+                else:
+                    until_close = True
+            else:
+                if name == b"connection" and not strip and value.rstrip(b" \t").lower() == b"keep-alive":
+                    conn_keep = only_keepalive = True
+                    strip = True
+                    continue
+                strip = True
+                only_keepalive = False
+                if name == b"connection":
+                    for token in connection_tokens(value):
+                        if token == b"close":
+                            conn_close = True
+                        elif token == b"keep-alive":
+                            conn_keep = True
+                        elif token != b"upgrade":
+                            if extra is None:
+                                extra = set()
+                            extra.add(token)
+        whole = (
+            end + length == n and not self.rfed and not chunked and not until_close
+            and buf[9] != 49 and self.method != b"HEAD"  # not 1xx, not a HEAD answer
+        )
         upgraded = False
         try:
-            up.parser.feed_data(buf[self.rfed : end] if self.rfed or end != len(buf) else buf)
+            if whole or (not self.rfed and end == n):
+                up.parser.feed_data(buf)
+            else:
+                up.parser.feed_data(buf[self.rfed : end])
         except HttpParserUpgrade:
             upgraded = True
         except HttpParserError:
@@ -771,10 +841,15 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             return
         up.hc = False
         status = up.parser.get_status_code()
-        head = buf[:end] if end != len(buf) else buf
-        rest = buf[end:]
+        if end == n:
+            head = buf
+            rest = b""
+        else:
+            head = buf[:end]
+            rest = buf[end:]
+        now = self._loop.time()
         if self.t_resp < 0:
-            self.t_resp = int((self._loop.time() - self.t_mark) * 1000)
+            self.t_resp = int((now - self.t_mark) * 1000)
 
         if status < 200:
             if status == 101:
@@ -796,34 +871,6 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             # A 2xx to CONNECT-like upgrade without 101: not something we relay.
             self._bad_response()
             return
-
-        strip = False
-        extra: set[bytes] | None = None
-        length = -1
-        chunked = False
-        until_close = False
-        conn_close = conn_keep = False
-        for name, value in RESPONSE_HEADERS.findall(head):
-            name = name.lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                if value.rstrip(b" \t").lower().endswith(b"chunked"):
-                    chunked = True
-                else:
-                    until_close = True
-            else:
-                strip = True
-                if name == b"connection":
-                    for token in connection_tokens(value):
-                        if token == b"close":
-                            conn_close = True
-                        elif token == b"keep-alive":
-                            conn_keep = True
-                        elif token != b"upgrade":
-                            if extra is None:
-                                extra = set()
-                            extra.add(token)
         self.up_keep = not conn_close if head[5:8] == b"1.1" else conn_keep and not conn_close
 
         if self.method == b"HEAD" or status in (204, 304):
@@ -847,13 +894,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             and not self.worker.stopping
         )
         self.keep_client = keep
-        if strip:
-            names = RESPONSE_STRIP if not extra else frozenset(RESPONSE_STRIP | extra)
-            head = strip_headers(head, names)
+        if strip and not (only_keepalive and keep):
+            # (A lone "Connection: keep-alive" may stay when the proxy keeps the
+            # client connection: it is then the proxy's own option, RFC 9110 7.6.1.)
+            head = _STRIP_RESPONSE(b"", head) if not extra else \
+                strip_headers(head, frozenset(RESPONSE_STRIP | extra))
+            only_keepalive = False
         if not keep:
             if self.v11 or self.keep_alive:
                 head = head[:-2] + b"Connection: close\r\n\r\n"
-        elif not self.v11:
+        elif not self.v11 and not only_keepalive:
             head = head[:-2] + b"Connection: keep-alive\r\n\r\n"
 
         if self.hsts:
@@ -861,7 +911,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         rules = self.backend.cookie_rules
         if rules is not None and self.server is not None:
             head = rules.response_head(head, self.server.cookie, self.pinned is self.server,
-                                       self.wall, self.cookie_first)
+                                       time.time(), self.cookie_first)
         self.resp_started = True
         self.rstate = rstate
         self.bytes_out += len(head)
@@ -872,18 +922,36 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.transport.write(head)
             self._response_done(reusable=not rest)
         elif rstate == R_LENGTH:
-            part = rest[:length]
-            self.rleft = length - len(part)
-            try:
-                up.parser.feed_data(part)
-            except HttpParserError:
-                self._bad_response()
+            n = len(rest)
+            if whole:
+                # The whole body came with the head (the common small response),
+                # and llhttp has seen all of it.
+                self.rleft = 0
+                if n <= WRITE_JOIN_LIMIT:
+                    self.transport.write(head + rest)
+                else:
+                    self.transport.write(head)
+                    self.transport.write(rest)
+                self.bytes_out += n
+                self._response_done(up.mc)
                 return
+            part = rest[:length] if n > length else rest
+            self.rleft = length - len(part)
+            if part:
+                try:
+                    up.parser.feed_data(part)
+                except HttpParserError:
+                    self._bad_response()
+                    return
             self._write_head_and(head, part)
             if not self.rleft:
-                self._response_done(reusable=len(rest) == len(part) and up.mc)
+                self._response_done(reusable=n == len(part) and up.mc)
             else:
-                self._arm(self.backend.timeouts.server, T_SERVER)
+                deadline = now + self.backend.timeouts.server
+                self._deadline = deadline
+                self._tkind = T_SERVER
+                if deadline < self._timer_at:
+                    self._rearm(deadline)
         elif rstate == R_CHUNKED:
             self.rchunks = ChunkedEnd()
             if rest:
@@ -1046,16 +1114,17 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         up = self.upstream
         self.upstream = None
         self.rstate = R_NONE
+        state = self.state
         if up is not None:
-            if reusable and up.mc and self.up_keep and self.state == DONE and self.v11 \
+            if reusable and up.mc and self.up_keep and state == DONE and self.v11 \
                     and not self.upgrade:
                 up.release()
             else:
                 up.close()
         self._end_transaction()
-        if self.state == CLOSED:
+        if state == CLOSED or self.state == CLOSED:
             return
-        if self.keep_client and self.state == DONE and not self.client_eof:
+        if self.keep_client and state == DONE and not self.client_eof:
             self._next_request()
         else:
             self._close()
@@ -1066,11 +1135,16 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self._new_request()
         self.state = IDLE
         self.hc = self.mc = False
-        self._resume(P_PIPELINE)
+        if self.paused:
+            self._resume(P_PIPELINE)
         if self.worker.stopping:
             self._close()
             return
-        self._arm(self.frontend.timeouts.http_keep_alive, T_KEEPALIVE)
+        deadline = self._loop.time() + self.frontend.timeouts.http_keep_alive
+        self._deadline = deadline
+        self._tkind = T_KEEPALIVE
+        if deadline < self._timer_at:
+            self._rearm(deadline)
         if self.buf:
             data = self.buf
             self.buf = b""
@@ -1084,16 +1158,17 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         be = self.backend
         fe = self.frontend
         status = self.status
-        cls = status // 100 if 100 <= status < 600 else 0
+        nbytes = self.bytes_out
+        cls = _CLASS.get(status // 100, 0)
         fe.responses[cls] += 1
-        fe.bytes_out += self.bytes_out
+        fe.bytes_out += nbytes
         if be is not None:
             be.responses[cls] += 1
-            be.bytes_out += self.bytes_out
+            be.bytes_out += nbytes
         if server is not None:
             self.server = None
             server.responses[cls] += 1
-            server.bytes_out += self.bytes_out
+            server.bytes_out += nbytes
             server.sessions.discard(self)
             be.release(server)
             if server.observe:
@@ -1108,29 +1183,40 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._log(server)
 
     def _log(self, server: Any) -> None:
+        """One httplog line (one f-string: this runs for every request)."""
+        log = self.worker.log
         now = self._loop.time()
-        ta = int((now - self.t_start) * 1000)
-        tr = self.t_head
-        tw = self.t_queue
-        tc = self.t_connect
-        tresp = self.t_resp
+        t_start = self.t_start
         head = self.head
         line = head[: head.find(b"\r\n")].decode("latin-1") if head else "<BADREQ>"
         be = self.backend
-        target = (
-            server.log_prefix if server is not None else
-            (f"{be.name}/<NOSRV>" if be is not None else f"{self.frontend.name}/<NOSRV>")
-        )
-        worker = self.worker
-        counts = (
-            f"{worker.conns}/{self.frontend.conns}/"
-            f"{be.active if be is not None else 0}/"
-            f"{server.active if server is not None else 0}/{self.retries}"
-        )
-        queues = f"0/{len(be.queue) if be is not None else 0}"
-        worker.log.http(
-            self.peer, self.wall or time.time(), self.frontend.name, target,
-            tr, tw, tc, tresp, ta, self.status, self.bytes_out, self.term, counts, queues, line,
+        fe = self.frontend
+        if server is not None:
+            target = server.log_prefix
+            srv_active = server.active
+        else:
+            target = f"{be.name if be is not None else fe.name}/<NOSRV>"
+            srv_active = 0
+        if be is not None:
+            be_active = be.active
+            queued = len(be.queue)
+        else:
+            be_active = queued = 0
+        wall = time.time() - (now - t_start)
+        if log.format != "httplog":
+            log.http(self.peer, wall, fe.name, target, self.t_head, self.t_queue, self.t_connect,
+                     self.t_resp, int((now - t_start) * 1000), self.status, self.bytes_out, self.term,
+                     f"{self.worker.conns}/{fe.conns}/{be_active}/{srv_active}/{self.retries}",
+                     f"0/{queued}", line)
+            return
+        n = _NUM  # small numbers as ready-made strings (most fields are)
+        th, tw, tc, tr, ta = self.t_head, self.t_queue, self.t_connect, self.t_resp, int((now - t_start) * 1000)
+        status, nbytes, conns, fconns = self.status, self.bytes_out, self.worker.conns, fe.conns
+        log.write(
+            f"{self.peer} [{log.date(wall)}] {fe.name} {target} {n(th) or th}/{n(tw) or tw}/"
+            f"{n(tc) or tc}/{n(tr) or tr}/{n(ta) or ta} {n(status) or status} {n(nbytes) or nbytes} - - "
+            f"{self.term}-- {n(conns) or conns}/{n(fconns) or fconns}/{n(be_active) or be_active}/"
+            f"{n(srv_active) or srv_active}/{self.retries} 0/{queued} \"{line}\"\n"
         )
 
     def _reject(self, code: int, term: str) -> None:
