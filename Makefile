@@ -2,6 +2,7 @@
 #
 #   make demo    the proxy on proxy/examples/quickstart.yml in front of two demo backends
 #   make test    every test: unit, integration, lint and sanity, Molecule scenarios
+#   make test-ansible   the collection's gates only (lint, sanity, module tests, build, Molecule)
 #   make bench   benchmarks against HAProxy (and keepalived), results in proxy/bench/
 
 SHELL := /bin/bash
@@ -10,7 +11,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy test-modules lint bench bench-failover clean
+.PHONY: all venv demo test test-proxy test-modules lint bench bench-failover clean \
+	test-ansible ansible-venv ansible-lint ansible-sanity ansible-syntax ansible-build \
+	molecule molecule-image collection-link
 
 all: test
 
@@ -22,16 +25,19 @@ $(STAMP): proxy/pyproject.toml
 
 venv: $(STAMP)
 
-# ansible-core 2.19 and the collections the module tests use (the `ansible` 12 package).
+# ansible-core 2.19 and the collections the tests use (the `ansible` 12 package), plus
+# ansible-lint, molecule, testinfra, antsibull-changelog: tests/requirements-ansible.txt.
 ANSIBLE_STAMP := $(VENV)/.ansible-installed
-$(ANSIBLE_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet 'ansible>=12,<13'
+$(ANSIBLE_STAMP): $(STAMP) tests/requirements-ansible.txt
+	$(BIN)/pip install --quiet -r tests/requirements-ansible.txt
 	touch $@
+
+ansible-venv: $(ANSIBLE_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/fleetproxy demo -c proxy/examples/quickstart.yml
 
-test: test-proxy lint
+test: test-proxy lint test-ansible
 
 test-proxy: $(STAMP)
 	cd proxy && ../$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -50,5 +56,47 @@ bench: $(STAMP)
 bench-failover: $(STAMP)
 	$(BIN)/python proxy/bench/failover.py
 
+# --- The Ansible collection fleetproxy.fleet --------------------------------------
+# Every gate prints its wall time. Molecule needs Docker and root (see .ci/run).
+ANSIBLE_ENV := PATH="$(CURDIR)/$(BIN):$$PATH"
+MOLECULE_SCENARIOS ?= default
+TIME = TIMEFORMAT='[$@ took %0R s]'; time
+
+# build/collections/ansible_collections/fleetproxy/fleet -> this tree, for running
+# playbooks and Molecule straight from the working tree:
+#   ANSIBLE_COLLECTIONS_PATH=$$PWD/build/collections molecule converge
+collection-link:
+	mkdir -p build/collections/ansible_collections/fleetproxy
+	ln -sfn ../../../.. build/collections/ansible_collections/fleetproxy/fleet
+
+test-ansible: ansible-lint ansible-syntax ansible-sanity test-modules ansible-build molecule
+
+ansible-lint: $(ANSIBLE_STAMP) collection-link
+	$(TIME) $(ANSIBLE_ENV) ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections $(BIN)/ansible-lint
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/python tests/check_role_docs.py
+
+ansible-syntax: $(ANSIBLE_STAMP) collection-link
+	$(BIN)/ansible-inventory -i inventories/example --list >/dev/null
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections \
+	  $(BIN)/ansible-playbook -i inventories/example --syntax-check playbooks/site.yml
+
+ansible-sanity: $(ANSIBLE_STAMP)
+	$(TIME) tests/ansible-sanity.sh
+
+ansible-build: $(ANSIBLE_STAMP)
+	$(TIME) $(ANSIBLE_ENV) tests/ansible-collection.sh
+
+molecule-image:
+	molecule/images/build.sh
+
+# Deploys the collection as built and installed by ansible-build.
+molecule: $(ANSIBLE_STAMP) ansible-build molecule-image
+	for scenario in $(MOLECULE_SCENARIOS); do \
+	  TIMEFORMAT="[molecule test -s $$scenario took %0R s]"; \
+	  time $(ANSIBLE_ENV) ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed \
+	    $(BIN)/molecule test -s $$scenario || exit 1; \
+	done
+
 clean:
-	rm -rf $(VENV) proxy/src/*.egg-info
+	rm -rf $(VENV) proxy/src/*.egg-info build tests/output

@@ -205,17 +205,17 @@ EXAMPLES = r'''
             rise: 2
         wait_timeout: 120
 
-- name: Show what would change
-  fleetproxy.fleet.backend:
-    name: http_back
-    servers: "{{ fleetproxy_backends | selectattr('name', 'eq', 'http_back') | map(attribute='servers') | first }}"
-  check_mode: true
-  diff: true
-  register: plan
+    - name: Show what would change
+      fleetproxy.fleet.backend:
+        name: http_back
+        servers: "{{ fleetproxy_backends | selectattr('name', 'eq', 'http_back') | map(attribute='servers') | first }}"
+      check_mode: true
+      diff: true
+      register: plan
 
-- name: Print the plan
-  ansible.builtin.debug:
-    var: plan.plan
+    - name: Print the plan
+      ansible.builtin.debug:
+        var: plan.plan
 '''
 
 RETURN = r'''
