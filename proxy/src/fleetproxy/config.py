@@ -903,4 +903,3 @@ __all__ = [
     "parse_duration",
     "split_host_port",
 ]
-

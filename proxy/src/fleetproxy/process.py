@@ -378,7 +378,6 @@ class Parked(asyncio.Protocol):
             self.transport.close()
 
 
-
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     """uvloop when available (or asked for), else the standard asyncio loop."""
     if kind in ("auto", "uvloop"):

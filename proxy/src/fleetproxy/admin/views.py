@@ -78,7 +78,6 @@ def server_view(s: Server, now: float) -> dict[str, Any]:
     }
 
 
-
 def backend_view(b: Backend, now: float, servers: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": b.name,
