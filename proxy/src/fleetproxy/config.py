@@ -326,10 +326,6 @@ class Tune(_Model):
     max_headers: int = Field(default=100, ge=1, le=10000)
     pool_idle_timeout: Duration = 10.0
 
-    @property
-    def max_head(self) -> int:
-        return self.max_header_size
-
 
 class AdminConfig(_Model):
     """The control plane: JSON API on a UNIX socket, HAProxy's runtime API, and

@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+# Response-side states of an HTTP transaction (shared with the upstream protocol)
+R_NONE, R_HEAD, R_LENGTH, R_CHUNKED, R_CLOSE, R_TUNNEL = range(6)
+
 # --------------------------------------------------------------------------
 # Precomputed replies (HAProxy-style small bodies, always Connection: close)
 # --------------------------------------------------------------------------

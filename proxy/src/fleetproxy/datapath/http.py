@@ -27,6 +27,12 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from .common import (
     ERROR_PAGES,
     INF,
+    R_CHUNKED,
+    R_CLOSE,
+    R_HEAD,
+    R_LENGTH,
+    R_NONE,
+    R_TUNNEL,
     REQUEST_HEADERS,
     REQUEST_STRIP,
     RESPONSE_HEADERS,
@@ -40,8 +46,6 @@ from .upstream import Upstream, take_idle
 
 # Request-side states
 IDLE, HEAD, BODY, DONE, TUNNEL, CLOSED = range(6)
-# Response-side states
-R_NONE, R_HEAD, R_LENGTH, R_CHUNKED, R_CLOSE, R_TUNNEL = range(6)
 # Timeout kinds
 T_REQUEST, T_KEEPALIVE, T_CLIENT, T_QUEUE, T_CONNECT, T_SERVER, T_TUNNEL = range(7)
 # Reasons reading from the client is paused
@@ -82,9 +86,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.peer = "-"
         self.src_ip = ""
         self.fwd = b""
+        self.fwd_end = b"\r\n"
         self.tls = False
         self.hsts = b""
-        self.hc = False
         self.mc = False
         self._timer: Any = None
         self._deadline = 0.0
@@ -135,9 +139,6 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.t_head = self.t_queue = self.t_connect = self.t_resp = -1
 
     # -- llhttp callbacks -------------------------------------------------------
-    def on_headers_complete(self) -> None:
-        self.hc = True
-
     def on_message_complete(self) -> None:
         self.mc = True
 
@@ -211,6 +212,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         else:
             fwd += b"X-Forwarded-Proto: http\r\n"
         self.fwd = fwd
+        self.fwd_end = fwd + b"\r\n"
         if not self.worker.conn_opened(self):
             return  # over maxconn: parked by the worker, which calls connection_made again
         self.t_start = self._loop.time()
@@ -305,8 +307,12 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.state = HEAD
             self.txn = True
             if self.nreq:
-                self.t_start = self._loop.time()
-                self._arm(self.frontend.timeouts.http_request, T_REQUEST)
+                now = self.t_start = self._loop.time()
+                deadline = now + self.frontend.timeouts.http_request
+                self._deadline = deadline
+                self._tkind = T_REQUEST
+                if deadline < self._timer_at:
+                    self._rearm(deadline)
         if self.buf:
             buf = self.buf + data
             end = buf.find(b"\r\n\r\n", max(0, len(self.buf) - 3))
@@ -325,7 +331,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
                 return
             return self._head_data_again(stripped)
         if end < 0:
-            if len(buf) > limits.max_head:
+            if len(buf) > limits.max_header_size:
                 self._reject(414 if buf.find(b"\r\n") < 0 else 431, "PR")
                 return
             if buf.find(b"\r\n") < 0 and len(buf) > limits.max_request_line:
@@ -342,10 +348,10 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.buf = buf
             return
         end += 4
-        if end > limits.max_head:
+        if end > limits.max_header_size:
             self._reject(414 if buf.find(b"\r\n") >= limits.max_request_line else 431, "PR")
             return
-        self.hc = self.mc = False
+        self.mc = False
         try:
             self.parser.feed_data(buf[self.fed : end] if self.fed or end != len(buf) else buf)
         except HttpParserUpgrade:
@@ -356,9 +362,6 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             return
         self.fed = 0
         self.buf = b""
-        if not self.hc:
-            self._reject(400, "PR")
-            return
         self._request(buf[:end] if end != len(buf) else buf, buf[end:])
 
     def _head_data_again(self, data: bytes) -> None:
@@ -459,7 +462,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         if upgrade:
             up_head = up_head[:-2] + self.fwd + b"Connection: upgrade\r\n\r\n"
         else:
-            up_head = up_head[:-2] + self.fwd + b"\r\n"
+            up_head = up_head[:-2] + self.fwd_end
 
         # The body bytes that arrived with the head.
         part = b""
@@ -725,7 +728,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
     def _send(self, conn: Upstream, now: float = 0.0) -> None:
         self.upstream = conn
         conn.client = self
-        conn.hc = conn.mc = False
+        conn.mc = False
         pending = self.pending
         self.pending = None
         if self.paused & P_PENDING:
@@ -793,7 +796,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         buf = self.rbuf + data if self.rbuf else data
         end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))
         if end < 0:
-            if len(buf) > self.limits.max_head:
+            if len(buf) > self.limits.max_header_size:
                 self._bad_response()
                 return
             try:
@@ -808,7 +811,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._arm(self.backend.timeouts.server, T_SERVER)
             return
         end += 4
-        if end > self.limits.max_head:
+        if end > self.limits.max_header_size:
             self._bad_response()
             return
         n = len(buf)
@@ -866,22 +869,13 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             return
         self.rfed = 0
         self.rbuf = b""
-        if not up.hc:
-            self._bad_response()
-            return
-        up.hc = False
         status = up.parser.get_status_code()
-        if end == n:
-            head = buf
-            rest = b""
-        else:
-            head = buf[:end]
-            rest = buf[end:]
         now = self._loop.time()
         if self.t_resp < 0:
             self.t_resp = int((now - self.t_mark) * 1000)
 
         if status < 200:
+            head, rest = (buf, b"") if end == n else (buf[:end], buf[end:])
             if status == 101:
                 if not (self.upgrade and upgraded):
                     self._bad_response()
@@ -901,7 +895,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             # A 2xx to CONNECT-like upgrade without 101: not something we relay.
             self._bad_response()
             return
-        self.up_keep = not conn_close if head[5:8] == b"1.1" else conn_keep and not conn_close
+        self.up_keep = not conn_close if buf[5:8] == b"1.1" else conn_keep and not conn_close
 
         if self.method == b"HEAD" or status in (204, 304):
             rstate = R_NONE
@@ -924,6 +918,19 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             and not self.worker.stopping
         )
         self.keep_client = keep
+        rules = self.backend.cookie_rules
+        if whole and keep and (only_keepalive or not strip) and (self.v11 or only_keepalive) \
+                and not self.hsts and rules is None and n <= WRITE_JOIN_LIMIT:
+            # Nothing to change in the head, the body is all here: forward the bytes
+            # exactly as read, in one write.
+            self.resp_started = True
+            self.rstate = rstate
+            self.rleft = 0
+            self.transport.write(buf)
+            self.bytes_out += n
+            self._response_done(up.mc)
+            return
+        head, rest = (buf, b"") if end == n else (buf[:end], buf[end:])
         if strip and not (only_keepalive and keep):
             # (A lone "Connection: keep-alive" may stay when the proxy keeps the
             # client connection: it is then the proxy's own option, RFC 9110 7.6.1.)
@@ -938,7 +945,6 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
         if self.hsts:
             head = head[:-2] + self.hsts + b"\r\n"
-        rules = self.backend.cookie_rules
         if rules is not None and self.server is not None:
             head = rules.response_head(head, self.server.cookie, self.pinned is self.server,
                                        time.time(), self.cookie_first)
@@ -1164,7 +1170,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self.parser = HttpRequestParser(self)
         self._new_request()
         self.state = IDLE
-        self.hc = self.mc = False
+        self.mc = False
         if self.paused:
             self._resume(P_PIPELINE)
         if self.worker.stopping:

@@ -13,6 +13,8 @@ from typing import Any
 
 from httptools import HttpResponseParser
 
+from .common import R_HEAD
+
 POOL_MAX_IDLE = 256  # idle connections kept per server
 
 
@@ -20,7 +22,6 @@ class Upstream(asyncio.Protocol):
     __slots__ = (
         "client",
         "closed",
-        "hc",
         "idle_since",
         "loop",
         "mc",
@@ -36,16 +37,12 @@ class Upstream(asyncio.Protocol):
         self.transport: Any = None
         self.client: Any = None
         self.parser = HttpResponseParser(self) if http else None
-        self.hc = False
         self.mc = False
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
 
     # -- llhttp callbacks (kept trivial) --------------------------------------
-    def on_headers_complete(self) -> None:
-        self.hc = True
-
     def on_message_complete(self) -> None:
         self.mc = True
 
@@ -60,7 +57,10 @@ class Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is not None:
-            client.upstream_data(data)
+            if client.rstate == R_HEAD:  # the common case, one call less
+                client._response_head(data)
+            else:
+                client.upstream_data(data)
         else:
             # An idle connection must stay silent; anything else is a broken server.
             self.close()
@@ -95,7 +95,7 @@ class Upstream(asyncio.Protocol):
     # -- pool --------------------------------------------------------------------
     def attach(self, client: Any) -> None:
         self.client = client
-        self.hc = self.mc = False
+        self.mc = False
 
     def release(self) -> None:
         """Back to the server's pool (the caller checked that it is clean)."""
