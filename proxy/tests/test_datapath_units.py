@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetproxy.config import parse
-from fleetproxy.datapath.common import ERROR_PAGES, ChunkedEnd, connection_tokens, strip_headers
+from fleetproxy.datapath.common import (
+    ERROR_PAGES,
+    ChunkedEnd,
+    TimerWheel,
+    connection_tokens,
+    strip_headers,
+)
 from fleetproxy.datapath.http import T_TUNNEL, TUNNEL, HttpClient
 from fleetproxy.datapath.tcp import TcpClient
 from fleetproxy.runtime import Runtime
@@ -145,7 +151,7 @@ def tcp_client(loop: Any) -> tuple[TcpClient, Any]:
     cfg = parse({"frontends": [{"name": "fe", "mode": "tcp", "bind": ["127.0.0.1:1"], "default_backend": "be"}],
                  "backends": [{"name": "be", "mode": "tcp", "servers": [{"name": "s", "address": "127.0.0.1:2"}]}]})
     rt = Runtime(cfg)
-    worker = SimpleNamespace(loop=loop)
+    worker = SimpleNamespace(loop=loop, wheel=TimerWheel(loop))
     client = TcpClient(worker, rt.frontends["fe"])
     client.transport = FakeTransport()
     client.backend = rt.backends["be"]
@@ -185,7 +191,8 @@ def test_tunnel_timeout_survives_backpressure() -> None:
     rt = Runtime(cfg)
     loop = asyncio.new_event_loop()
     try:
-        client = HttpClient(SimpleNamespace(loop=loop, limits=cfg.global_.tune), rt.frontends["fe"])
+        client = HttpClient(SimpleNamespace(loop=loop, limits=cfg.global_.tune, wheel=TimerWheel(loop)),
+                            rt.frontends["fe"])
         client.transport = FakeTransport()
         client.backend = rt.backends["be"]
         client.upstream = SimpleNamespace(transport=FakeTransport())  # type: ignore[assignment]

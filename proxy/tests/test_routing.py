@@ -167,7 +167,7 @@ def test_uses_reports_the_attributes_rules_need() -> None:
 
 
 def http_view(target: bytes, host: bytes, head: bytes, src: str = "127.0.0.1") -> HttpClient:
-    worker = SimpleNamespace(loop=None, limits=None)
+    worker = SimpleNamespace(loop=None, limits=None, wheel=None)
     c = HttpClient(worker, SimpleNamespace())
     c.target, c.host_b, c.head, c.src_ip = target, host, head, src
     return c

@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import Config, split_host_port
 from .datapath.accesslog import AccessLog
+from .datapath.common import TimerWheel
 from .datapath.http import HttpClient, TlsHttpClient
 from .datapath.tcp import TcpClient
 from .datapath.upstream import sweep_idle
@@ -172,6 +173,7 @@ class Worker:
         # Hooks the worker process sets to report to the master.
         self.observer: Callable[[str, str, bool, str], None] | None = None
         self.stick_sync: Callable[[str, bytes, str], None] | None = None
+        self.wheel = TimerWheel(loop)
 
     # -- lifecycle -------------------------------------------------------------------
     def prepare_server(self, server: Any) -> None:
@@ -251,6 +253,7 @@ class Worker:
             self._sweeper.cancel()
         for server in self.runtime.servers():
             server.close_idle()
+        self.wheel.close()
         self.log.close()
 
     # -- connection accounting -------------------------------------------------------

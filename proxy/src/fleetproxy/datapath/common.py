@@ -170,19 +170,65 @@ class ChunkedEnd:
 
 
 INF = float("inf")
+WHEEL_RESOLUTION = 0.1  # seconds per slot of the timer wheel
+
+
+class TimerWheel:
+    """Coarse timers for connections: one loop timer per process ticking every
+    100 ms, and per slot the set of connections due then.  Arming or cancelling
+    is a set insertion or removal (a loop timer per connection cost about 2 us to
+    create and cancel, paid by every short connection).  Timeouts fire between 0
+    and 100 ms after their deadline."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.slots: dict[int, set[Any]] = {}
+        self.current = int(loop.time() / WHEEL_RESOLUTION)
+        self.handle = loop.call_later(WHEEL_RESOLUTION, self._tick)
+
+    def add(self, timed: Any, deadline: float) -> int:
+        slot = int(deadline / WHEEL_RESOLUTION) + 1
+        if slot <= self.current:
+            slot = self.current + 1
+        bucket = self.slots.get(slot)
+        if bucket is None:
+            bucket = self.slots[slot] = set()
+        bucket.add(timed)
+        return slot
+
+    def remove(self, timed: Any, slot: int) -> None:
+        bucket = self.slots.get(slot)
+        if bucket is not None:
+            bucket.discard(timed)
+
+    def _tick(self) -> None:
+        now_slot = int(self.loop.time() / WHEEL_RESOLUTION)
+        slots = self.slots
+        for slot in range(self.current + 1, now_slot + 1):
+            bucket = slots.pop(slot, None)
+            if bucket:
+                for timed in bucket:
+                    timed._on_timer()
+        self.current = now_slot
+        self.handle = self.loop.call_later(WHEEL_RESOLUTION, self._tick)
+
+    def close(self) -> None:
+        self.handle.cancel()
+        self.slots.clear()
 
 
 class LazyTimer:
     """Mixin: ``_arm(seconds, kind)`` sets a deadline; ``_timeout(kind)`` is
     called when it passes.  Moving a deadline later costs two attribute writes
     (hot paths inline exactly that: ``_deadline``, ``_tkind``, and ``_rearm`` only
-    when the new deadline is earlier than the pending handle); the handle
-    notices when it fires and sleeps again.  ``_timer_at`` is ``INF`` when no
-    handle is pending."""
+    when the new deadline is earlier than the pending slot); the slot notices
+    when it fires and files the connection again.  ``_timer_at`` is ``INF`` when
+    nothing is pending.  The owner sets ``_wheel`` (its process's TimerWheel)."""
 
     _loop: Any
+    _wheel: TimerWheel
     _deadline: float
-    _timer: Any
+    _timer: int  # the pending slot, 0 for none
     _timer_at: float
     _tkind: int
 
@@ -194,23 +240,24 @@ class LazyTimer:
             self._rearm(deadline)
 
     def _rearm(self, deadline: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._on_timer)
-        self._timer_at = deadline
+        wheel = self._wheel
+        if self._timer:
+            wheel.remove(self, self._timer)
+        slot = self._timer = wheel.add(self, deadline)
+        self._timer_at = slot * WHEEL_RESOLUTION
 
     def _disarm(self) -> None:
         self._deadline = 0.0
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timer:
+            self._wheel.remove(self, self._timer)
+            self._timer = 0
             self._timer_at = INF
 
     def _on_timer(self) -> None:
-        self._timer = None
+        self._timer = 0
         self._timer_at = INF
         deadline = self._deadline
         if not deadline:

@@ -90,7 +90,8 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.tls = False
         self.hsts = b""
         self.mc = False
-        self._timer: Any = None
+        self._wheel = worker.wheel
+        self._timer = 0
         self._deadline = 0.0
         self._timer_at = INF
         self._tkind = 0

@@ -84,7 +84,8 @@ class TcpClient(LazyTimer, asyncio.Protocol):
         self.t_queue = -1
         self.t_connect = -1
         self.wall = 0.0
-        self._timer: Any = None
+        self._wheel = worker.wheel
+        self._timer = 0
         self._deadline = 0.0
         self._timer_at = INF
         self._tkind = 0
