@@ -73,6 +73,8 @@ class RuntimeAPI:
                     break
                 text = line.decode("utf-8", "replace").strip()
                 out, interactive, quit_ = self.execute_line(text, interactive)
+                if interactive and out.endswith("\n"):
+                    out = out[:-1]  # the prompt "\n> " takes the place of the empty line (HAProxy)
                 writer.write(out.encode())
                 await writer.drain()
                 if quit_ or not interactive:
