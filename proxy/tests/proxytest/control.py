@@ -158,11 +158,20 @@ class RuntimeSession:
         return out.decode()
 
     def closed(self, timeout: float = 5.0) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except OSError:
-            return True
+        """True once the proxy closes the connection (what it still sends is kept in ``buf``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            self.buf += data
+        return False
 
     def close(self) -> None:
         self.sock.close()
