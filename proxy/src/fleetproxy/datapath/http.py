@@ -1305,8 +1305,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
     # -- graceful stop -------------------------------------------------------------------
     def stop_if_idle(self) -> bool:
-        """Close now if no request is in progress; True if closed."""
-        if self.state == IDLE:
+        """Close now if idle between requests; True if closed.  A connection that has not
+        sent its first request yet may have it on the way: it is served, then closed."""
+        if self.state == IDLE and self.nreq:
             self._close()
             return True
         self.keep_client = False
