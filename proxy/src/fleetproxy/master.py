@@ -213,8 +213,10 @@ class Master:
 
     async def _spawn(self, handle: WorkerHandle, changes: list[dict[str, Any]]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = {address: sock.fileno() for address, sock in self.listeners.items()}
         addresses = {a for fe in self.cfg.frontends for a in fe.addresses}
+        # Only the listeners of this configuration: a worker that inherited the socket of an
+        # address a reload removes would keep it open (and never accept) after the master closes it.
+        fds = {address: sock.fileno() for address, sock in self.listeners.items() if address in addresses}
         try:
             handle.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleetproxy.process", str(theirs.fileno()), self.event_loop,
@@ -233,7 +235,7 @@ class Master:
             "op": "init",
             "config": self.raw,
             "source": self.config_path,
-            "listeners": {a: fd for a, fd in fds.items() if a in addresses},
+            "listeners": fds,
             "changes": changes,
             "workers": self.nworkers,
         })
