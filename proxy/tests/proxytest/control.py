@@ -300,14 +300,15 @@ class LoadStats:
     ok: int = 0
     failed: int = 0
     resets: int = 0
-    idle_closed: int = 0  # reused idle keep-alive connection closed before the request: retried
+    idle_closed: int = 0  # idle keep-alive connection found closed before a request was sent on it
+    retried: int = 0  # request sent on an idle keep-alive connection the proxy closed: sent again
     statuses: Counter[int] = field(default_factory=Counter)
     served: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"ok={self.ok} failed={self.failed} resets={self.resets} "
-                f"idle_closed={self.idle_closed} statuses={dict(self.statuses)} "
+                f"idle_closed={self.idle_closed} retried={self.retried} statuses={dict(self.statuses)} "
                 f"errors={self.errors[:5]}")
 
 
@@ -322,7 +323,8 @@ class LoadGenerator:
 
     Like any HTTP client (RFC 9112, 9.3.1), a keep-alive client retries a request once on a
     new connection when the proxy closed the idle connection before answering (it checks
-    the connection first, as urllib3 does); those are counted in ``idle_closed``.  A reset
+    the connection first, as urllib3 does); those are counted in ``idle_closed`` (closed
+    before the request was sent) and ``retried`` (closed as the request went out).  A reset
     or a missing/partial response on a fresh connection, or any status but 200, is a failure.
     """
 
@@ -406,7 +408,8 @@ class LoadGenerator:
         if not got:
             if reused and not reader.raw:
                 raise _Dropped()
-            raise ConnectionError(f"connection closed without a complete response: {bytes(reader.raw[:200])!r}")
+            raise ConnectionError(f"connection from port {sock.getsockname()[1]} closed without a complete "
+                                  f"response at {time.time():.3f}: {bytes(reader.raw[:200])!r}")
         return got[0]
 
     def _run(self, keepalive: bool) -> None:
@@ -437,7 +440,7 @@ class LoadGenerator:
                     sock.close()
                     sock = None
                     with self._lock:
-                        self.stats.idle_closed += 1
+                        self.stats.retried += 1
                     if attempt == 0:
                         continue
                     self._record(None, error="closed twice in a row")
