@@ -76,10 +76,11 @@ class Api:
         return self.get("/v1/info")
 
     def worker_pids(self, current_only: bool = True) -> list[int]:
+        """Pids of the workers (by default: of the current generation, ready and not stopping)."""
         info = self.info()
         gen = info["generation"]
         return [w["pid"] for w in info["workers"]
-                if not current_only or (w["generation"] == gen and not w["stopping"])]
+                if not current_only or (w["generation"] == gen and not w["stopping"] and w.get("ready", True))]
 
 
 def tcp_api(port: int, method: str, url: str, token: str | None = None, body: Any = None,
