@@ -98,7 +98,7 @@ def stats_proxy(proxy, backend, port, tmp_path):
 
 
 def test_stats_html(stats_proxy):
-    p, api, admin_port, _ = stats_proxy
+    _p, api, admin_port, _ = stats_proxy
     api.patch("be", "s2", state="maint")
     status, ctype, text = http_get(admin_port, "/stats")
     assert status == 200 and ctype.startswith("text/html")

@@ -116,7 +116,7 @@ def test_cookie_prefix(proxy, backend, port, tmp_path):
 
 
 def test_cookie_rewrite(proxy, backend, port, tmp_path):
-    p, _, (b1, b2) = _cookie_proxy(proxy, backend, port, tmp_path, {"name": "SRV", "mode": "rewrite"},
+    p, _, (_b1, _b2) = _cookie_proxy(proxy, backend, port, tmp_path, {"name": "SRV", "mode": "rewrite"},
                                    backend_cls=CookieBackend)
     r = _get(p, "/?setcookie=SRV%3Dplaceholder")
     prefix = {"b1": "a", "b2": "s2"}[served_by(r)]
@@ -214,7 +214,7 @@ def test_stick_on_source_shared_by_two_workers(proxy, backend, port, tmp_path):
 
 
 def test_cookie_drain_keeps_pinned_clients_maint_and_down_move_them(proxy, backend, port, tmp_path):
-    p, api, (b1, b2, b3) = _cookie_proxy(proxy, backend, port, tmp_path, {"name": "SRV"}, n=3)
+    p, api, (b1, _b2, _b3) = _cookie_proxy(proxy, backend, port, tmp_path, {"name": "SRV"}, n=3)
     api.patch("be", "s1", state="drain")
     for _ in range(6):
         r = _get(p, cookie="SRV=a")

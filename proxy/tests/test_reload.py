@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
 import yaml
 from proxytest.client import ResponseReader, connect, request
 from proxytest.configs import http_config, server

@@ -27,15 +27,18 @@ from proxytest.control import (
 
 # The header of `show stat` of HAProxy 2.5/2.6 (management.txt, 9.1 "CSV format"),
 # up to `algo`: fleetproxy's columns must be this list or a prefix of it.
-HAPROXY_STAT_COLUMNS = (
-    "pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
-    "status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,"
-    "type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,"
-    "hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,"
-    "comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,"
-    "agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,"
-    "agent_fall,agent_health,addr,cookie,mode,algo"
-).split(",")
+HAPROXY_STAT_COLUMNS = [
+    "pxname", "svname", "qcur", "qmax", "scur", "smax", "slim", "stot", "bin", "bout", "dreq",
+    "dresp", "ereq", "econ", "eresp", "wretr", "wredis", "status", "weight", "act", "bck",
+    "chkfail", "chkdown", "lastchg", "downtime", "qlimit", "pid", "iid", "sid", "throttle",
+    "lbtot", "tracked", "type", "rate", "rate_lim", "rate_max", "check_status", "check_code",
+    "check_duration", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
+    "hanafail", "req_rate", "req_rate_max", "req_tot", "cli_abrt", "srv_abrt", "comp_in",
+    "comp_out", "comp_byp", "comp_rsp", "lastsess", "last_chk", "last_agt", "qtime", "ctime",
+    "rtime", "ttime", "agent_status", "agent_code", "agent_duration", "check_desc",
+    "agent_desc", "check_rise", "check_fall", "check_health", "agent_rise", "agent_fall",
+    "agent_health", "addr", "cookie", "mode", "algo",
+]
 REQUIRED = ["pxname", "svname", "qcur", "scur", "smax", "stot", "status", "weight", "act", "bck",
             "chkfail", "lastchg", "downtime", "check_status"]
 
@@ -67,7 +70,7 @@ def _row(rows, px, sv):
 
 
 def test_show_stat_columns_and_values(rt):
-    p, api, path, (b1, b2, *_) = rt
+    p, _api, path, (b1, _b2, *_) = rt
     text = runtime(path, "show stat")
     header = text.splitlines()[0][2:].split(",")
     assert header == HAPROXY_STAT_COLUMNS[: len(header)]
@@ -116,7 +119,7 @@ def test_show_info(rt):
 
 
 def test_show_servers_state(rt):
-    _, api, path, (b1, *_) = rt
+    _, _api, path, (b1, *_) = rt
     runtime(path, "set server be/s2 state drain;set server be/s3 state maint;set weight be/s1 5")
     lines = runtime(path, "show servers state").splitlines()
     assert lines[0] == "1"
@@ -135,7 +138,7 @@ def test_show_servers_state(rt):
 
 
 def test_set_commands(rt):
-    p, api, path, (b1, b2, *_) = rt
+    p, api, path, (_b1, _b2, *_) = rt
     assert runtime(path, "set server be/s1 state drain") == "\n"
     assert api.server("be", "s1")["state"] == "drain"
     assert set(distribution(p.port(), 6)) == {"b2"}
@@ -237,7 +240,7 @@ def test_prompt_mode(rt):
 
 
 def test_shutdown_sessions_command(rt):
-    p, api, path, (b1, b2, *_) = rt
+    p, _api, path, (b1, _b2, *_) = rt
     runtime(path, "set server be/s2 state maint")
     s = connect(p.port())
     s.sendall(request("GET", "/?mode=hang"))

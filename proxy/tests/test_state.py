@@ -105,7 +105,7 @@ def test_runtime_added_and_deleted_servers_survive_reload_and_restart(proxy, bac
     adm = with_admin(cfg, tmp_path, state_file=True)
     p = proxy(cfg)
     api = Api(adm.socket)
-    status, body = api.call("POST", "/v1/backends/be/servers",
+    status, _body = api.call("POST", "/v1/backends/be/servers",
                             {"name": "s9", "address": b3.address, "weight": 3, "check": True, "inter": "200ms",
                              "rise": 1})
     assert status == 201
