@@ -269,7 +269,7 @@ def tokens(tmp_path):
 def test_auth_over_tcp(proxy, backend, port, tmp_path, tokens):
     cfg = http_config(port(), [server("s1", backend("b1"))])
     admin_port = port()
-    _start(proxy, tmp_path, cfg, listen_port=admin_port, token_file=tokens)
+    _, api, _ = _start(proxy, tmp_path, cfg, listen_port=admin_port, token_file=tokens)
     url = "/v1/backends/be/servers/s1"
 
     status, body = tcp_api(admin_port, "GET", "/v1/info")
@@ -303,6 +303,13 @@ def test_auth_over_tcp(proxy, backend, port, tmp_path, tokens):
     assert tcp_api(admin_port, "GET", "/stats")[0] == 200
     assert tcp_api(admin_port, "GET", "/metrics")[0] == 200
     assert tcp_api(admin_port, "GET", "/v1/backends")[0] == 401
+
+    # Tokens are read again on reload (rotation).
+    with open(tokens, "w") as f:
+        f.write("admin rotated-secret\n")
+    assert api.call("POST", "/v1/reload")[0] == 200
+    assert tcp_api(admin_port, "GET", url, token="admin-secret")[0] == 401
+    assert tcp_api(admin_port, "PATCH", url, token="rotated-secret", body={"state": "drain"})[0] == 200
 
 
 def test_tcp_api_refuses_everything_without_token_file(proxy, backend, port, tmp_path):

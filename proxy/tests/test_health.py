@@ -296,10 +296,11 @@ def test_passive_layer7_mark_down(proxy, backend, port, tmp_path):
     assert distribution(p.port(), 6) == Counter({"b2": 6})
 
 
-def test_passive_layer4_mark_down_and_redispatch(proxy, backend, port, tmp_path):
+@pytest.mark.parametrize("mode", ["http", "tcp"])
+def test_passive_layer4_mark_down_and_redispatch(proxy, backend, port, tmp_path, mode):
     b1, b2 = backend("b1"), backend("b2")
     closed = f"127.0.0.1:{free_port()}"
-    cfg = http_config(port(), [
+    cfg = http_config(port(), mode=mode, servers=[
         # The check reaches a live server, the traffic a closed port.
         server("s1", closed, check=True, inter="10s", fastinter="5s", check_address=b1.address,
                observe="layer4", error_limit=4, on_error="mark-down"),

@@ -287,3 +287,52 @@ def test_sigterm_hard_stop_after(proxy, backend, port, tmp_path):
     assert p.wait(10) == 0
     assert 0.8 <= time.monotonic() - t0 < 4
     hung.close()
+
+
+def test_systemd_notify(backend, port, tmp_path):
+    """Type=notify: READY once listening, RELOADING/READY around a reload (with the outcome in
+    STATUS), STOPPING on SIGTERM; no library, one datagram each."""
+    import os
+    import tempfile
+
+    cfg = http_config(port(), [server("s1", backend("b1"))])
+    path = tmp_path / "notify.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    sockdir = tempfile.mkdtemp(prefix="fpc-")
+    notify_path = os.path.join(sockdir, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(20)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    proc = subprocess.Popen([sys.executable, "-m", "fleetproxy", "run", "-c", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        msg = sock.recv(4096).decode()
+        assert "READY=1" in msg and f"MAINPID={proc.pid}" in msg, msg
+        assert get_from(int(cfg["frontends"][0]["bind"][0].rsplit(":", 1)[1])).status == 200  # listening
+
+        proc.send_signal(signal.SIGHUP)
+        msg = sock.recv(4096).decode()
+        assert "RELOADING=1" in msg and "MONOTONIC_USEC=" in msg, msg
+        msg = sock.recv(4096).decode()
+        assert "READY=1" in msg and "STATUS=serving" in msg, msg
+
+        bad = copy.deepcopy(cfg)
+        bad["defaults"]["retries"] = -1
+        path.write_text(yaml.safe_dump(bad, sort_keys=False))
+        proc.send_signal(signal.SIGHUP)
+        assert "RELOADING=1" in sock.recv(4096).decode()
+        msg = sock.recv(4096).decode()
+        assert "READY=1" in msg and "STATUS=reload failed: defaults.retries" in msg, msg
+
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in sock.recv(4096).decode()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stderr.close()
+        sock.close()
+        os.unlink(notify_path)
+        os.rmdir(sockdir)

@@ -134,3 +134,26 @@ def test_workers_auto(proxy, backend, port, tmp_path):
     adm = with_admin(cfg, tmp_path)
     proxy(cfg)
     assert len(Api(adm.socket).worker_pids()) == len(os.sched_getaffinity(0))
+
+
+def test_added_server_is_used_by_both_workers(proxy, backend, port, tmp_path):
+    b1, b2, b3 = backend("b1"), backend("b2"), backend("b3")
+    cfg = http_config(port(), [server("s1", b1), server("s2", b2)], global_={"workers": 2})
+    adm = with_admin(cfg, tmp_path)
+    p = proxy(cfg)
+    api = Api(adm.socket)
+    pids = api.worker_pids()
+    socks = spread_connections(p.port(), pids, n=12)
+    try:
+        readers = [ResponseReader(s) for s in socks]
+        status, _ = api.call("POST", "/v1/backends/be/servers", {"name": "s3", "address": b3.address})
+        assert status == 201
+        owner = {port_: pid for pid, ports in connections_by_pid(pids, p.port()).items() for port_ in ports}
+        seen: dict[int, set[str]] = {pid: set() for pid in pids}
+        for _ in range(3):
+            for s, who in zip(socks, _round(socks, readers), strict=True):
+                seen[owner[s.getsockname()[1]]].add(who)
+        assert all("b3" in names for names in seen.values()), seen
+    finally:
+        for s in socks:
+            s.close()
