@@ -356,3 +356,24 @@ def test_forced_down_needs_rise_successes_to_come_back(proxy, backend, port, tmp
     api.wait_health("be", "s1", "up", 0.3 * 3 + 1.0)
     # Three fresh successes, the first at most one interval away: at least two intervals.
     assert time.monotonic() - t0 >= 0.3 * 2 * 0.9
+
+
+def test_passive_mark_down_needs_active_checks(proxy, backend, port, tmp_path):
+    """Without active checks nothing could bring a server back: passive errors do not mark
+    it down (HAProxy: observe needs check), they are logged."""
+    b1, b2 = backend("b1"), backend("b2")
+    cfg = http_config(port(), [
+        server("s1", b1, observe="layer7", error_limit=2, on_error="mark-down"),
+        server("s2", b2),
+    ])
+    adm = with_admin(cfg, tmp_path)
+    p = proxy(cfg)
+    api = Api(adm.socket)
+    with connect(p.port()) as s:
+        reader = ResponseReader(s)
+        for _ in range(6):
+            s.sendall(request("GET", "/?status=500"))
+            reader.read_one()
+    assert wait_until(lambda: "passive check" in p.stderr(), 2), p.stderr()
+    assert api.health("be", "s1") == "up"
+    assert set(distribution(p.port(), 4)) == {"b1", "b2"}

@@ -531,6 +531,12 @@ class Master:
             return
         if msg.get("ok"):
             return
+        if not (s.check and s.check_enabled):
+            # Only an active check could bring it back up: never mark it down (HAProxy's
+            # observe needs check).
+            log.warning("server %s: passive check saw errors (%s); no active check to act on",
+                        s.log_prefix, msg.get("reason", ""))
+            return
         if s.cfg.on_error == "mark-down" and s.health == UP:
             self._health_changed(s, DOWN, f"passive check: {msg.get('reason', 'errors')}")
             self.health.wake(s, fast=False)
