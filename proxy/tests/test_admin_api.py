@@ -112,6 +112,12 @@ def test_change_validation(proxy, backend, port, tmp_path):
     assert s1["weight"] == 5 and s1["admin_weight"] == 5 and s1["config_weight"] == 10
     s1 = api.patch("be", "s1", weight="250%")
     assert s1["weight"] == 25
+    s1 = api.patch("be", "s1", weight="33%")  # HAProxy: 10 x 33 / 100, truncated
+    assert s1["weight"] == 3
+    s1 = api.patch("be", "s1", weight="5000%")  # relative weights stop at 256
+    assert s1["weight"] == 256
+    got, answer = api.call("PATCH", url, {"weight": "-5%"})
+    assert got == 400 and "invalid weight" in answer["error"]
     s1 = api.patch("be", "s1", weight=256, state="drain")
     assert s1["weight"] == 256 and s1["state"] == "drain" and s1["usable"] is False
     s1 = api.patch("be", "s1", state="maint", health="down")

@@ -220,6 +220,10 @@ def test_slowstart_after_maint_ramps_weight(proxy, backend, port, tmp_path):
     t0 = time.monotonic()
     body = api.patch("be", "s1", state="ready")
     samples = [(0.0, body["weight"])]
+    # The runtime API reports the admin weight, as HAProxy does; show stat the effective one.
+    assert runtime(adm.runtime_socket, "get weight be/s1") == "100 (initial 100)\n\n"
+    state = runtime(adm.runtime_socket, "show servers state be").splitlines()[2].split()
+    assert state[7] == "100"  # srv_uweight
     early = distribution(p.port(), 40)
     while time.monotonic() - t0 < 3.5 and samples[-1][1] < 100:
         samples.append((time.monotonic() - t0, api.server("be", "s1")["weight"]))

@@ -406,9 +406,10 @@ class Master:
             try:
                 if text.endswith("%"):
                     pct = float(text[:-1])
-                    if not 0 <= pct <= 100 * 256:
+                    if not 0 <= pct < math.inf:
                         raise ValueError
-                    value = round(s.config_weight * pct / 100)
+                    # HAProxy: initial weight x N / 100, truncated, at most 256.
+                    value = min(256, int(s.config_weight * min(pct, 25600.0) / 100))
                 else:
                     value = int(text)
             except ValueError:
