@@ -124,6 +124,20 @@ def test_change_validation(proxy, backend, port, tmp_path):
     assert s1["state"] == "maint" and s1["health"] == "down"
 
 
+def test_a_refused_change_changes_nothing(proxy, backend, port, tmp_path):
+    cfg = http_config(port(), [server("s1", backend("b1"), check=True, inter="5s", init_state="up")])
+    _, api, _ = _start(proxy, tmp_path, cfg)
+    url = "/v1/backends/be/servers/s1"
+    for body in ({"check": "disabled", "weight": 999}, {"check": "disabled", "state": "asleep"},
+                 {"state": "drain", "weight": "x"}, {"weight": 5, "health": "meh"}):
+        got, answer = api.call("PATCH", url, body)
+        assert got == 400, (body, answer)
+        s1 = api.server("be", "s1")
+        assert (s1["state"], s1["weight"], s1["health"], s1["check"]["enabled"]) == ("ready", 1, "up", True), body
+    s1 = api.patch("be", "s1", check="disabled", state="drain", weight=4)
+    assert (s1["state"], s1["weight"], s1["check"]["enabled"]) == ("drain", 4, False)
+
+
 def test_weight_change_shifts_the_distribution(proxy, backend, port, tmp_path):
     b1, b2 = backend("b1"), backend("b2")
     cfg = http_config(port(), [server("s1", b1, weight=4), server("s2", b2, weight=4)])
