@@ -394,3 +394,48 @@ def test_shared_reader(proxy, backend, port, tmp_path):
     r = ResponseReader(s).read_one()
     assert r.status == 200
     s.close()
+
+
+def test_admin_endpoints_follow_a_reload(proxy, backend, port, tmp_path, tokens):
+    """A reload that moves the endpoints, asked for on an endpoint it replaces, answers."""
+    import copy
+
+    import yaml
+
+    cfg = http_config(port(), [server("s1", backend("b1"))])
+    p1, p2 = port(), port()
+    p, api, adm = _start(proxy, tmp_path, cfg, listen_port=p1, token_file=tokens)
+    new = copy.deepcopy(cfg)
+    sock_b = os.path.join(os.path.dirname(adm.socket), "admin-b.sock")
+    new["global"]["admin"].update(socket=sock_b, socket_mode="0600", listen=f"127.0.0.1:{p2}")
+    p.path.write_text(yaml.safe_dump(new, sort_keys=False))
+    t0 = time.monotonic()
+    status, body = api.call("POST", "/v1/reload")  # on the socket being replaced
+    assert status == 200 and body["generation"] == 2, body
+    assert time.monotonic() - t0 < 10
+    assert wait_until(lambda: not os.path.exists(adm.socket), 6)
+    assert stat.S_IMODE(os.stat(sock_b).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(adm.runtime_socket).st_mode) == 0o600  # reopened with the new mode
+    api_b = Api(sock_b)
+    assert api_b.info()["generation"] == 2
+    assert tcp_api(p2, "GET", "/v1/info", token="user-secret")[0] == 200
+    assert wait_until(lambda: _refused(p1), 6)
+
+    # Over TCP, back to the first port.
+    p.path.write_text(yaml.safe_dump({**new, "global": {**new["global"], "admin": {
+        **new["global"]["admin"], "listen": f"127.0.0.1:{p1}"}}}, sort_keys=False))
+    status, body = tcp_api(p2, "POST", "/v1/reload", token="admin-secret")
+    assert status == 200 and body["generation"] == 3, body
+    assert tcp_api(p1, "GET", "/v1/info", token="user-secret")[0] == 200
+    # Unchanged endpoints are left alone.
+    inode = os.stat(sock_b).st_ino
+    assert api_b.call("POST", "/v1/reload")[0] == 200
+    assert os.stat(sock_b).st_ino == inode
+
+
+def _refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
