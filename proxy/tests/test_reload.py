@@ -217,7 +217,7 @@ def test_listeners_added_and_removed_by_reload(proxy, backend, port, tmp_path):
         s.bind(("127.0.0.1", new_port))
 
 
-def test_counters_survive_reload(proxy, backend, port, tmp_path):
+def test_counters_survive_reload_and_workers_change(proxy, backend, port, tmp_path):
     cfg = http_config(port(), [server("s1", backend("b1"))])
     adm = with_admin(cfg, tmp_path)
     p = proxy(cfg)
@@ -225,7 +225,11 @@ def test_counters_survive_reload(proxy, backend, port, tmp_path):
     for _ in range(5):
         get_from(p.port())
     assert wait_until(lambda: api.get("/v1/frontends/fe")["requests"] == 5, 2)
+    two = copy.deepcopy(cfg)
+    two["global"]["workers"] = 2  # and the number of workers changes
+    _write(p, two)
     _reload(p, api, "api")
+    assert wait_until(lambda: len(api.worker_pids()) == 2, 10), api.info()["workers"]
     for _ in range(3):
         get_from(p.port())
     assert wait_until(lambda: api.get("/v1/frontends/fe")["requests"] == 8, 3), api.get("/v1/frontends/fe")
