@@ -42,7 +42,9 @@ def test_read_views(proxy, backend, port, tmp_path):
     assert len(info["workers"]) == 1 and info["generation"] == 1 and info["reloads"] == 0
     assert info["haproxy_runtime_api"]
 
-    assert wait_until(lambda: api.get("/v1/frontends/fe")["requests"] == 4, 2)
+    # Counters reach the master with each worker's next report (every 100 ms).
+    assert wait_until(lambda: sum(api.get("/v1/frontends/fe")["responses"].values()) == 4
+                      and api.get("/v1/frontends/fe")["sessions"]["current"] == 0, 3)
     fe = api.get("/v1/frontends/fe")
     assert fe["bind"] == [f"127.0.0.1:{p.port()}"] and fe["default_backend"] == "be"
     assert fe["responses"] == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 1, "5xx": 1, "other": 0}

@@ -78,7 +78,9 @@ def test_show_stat_columns_and_values(rt):
     assert text.endswith("\n\n")  # HAProxy ends every answer with an empty line
     for target in ("/", "/", "/?status=404", "/"):
         get_from(p.port(), target)
-    assert wait_until(lambda: _row(_stat(path), "fe", "FRONTEND")["req_tot"] == "4", 2)
+    assert wait_until(lambda: (lambda fe: fe["req_tot"] == "4" and fe["scur"] == "0"
+                               and int(fe["hrsp_2xx"]) + int(fe["hrsp_4xx"]) == 4)(
+        _row(_stat(path), "fe", "FRONTEND")), 3)
     rows = _stat(path)
     assert [(r["pxname"], r["svname"]) for r in rows] == [
         ("fe", "FRONTEND"), ("be", "s1"), ("be", "s2"), ("be", "s3"), ("be", "BACKEND"),
