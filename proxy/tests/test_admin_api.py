@@ -62,7 +62,8 @@ def test_read_views(proxy, backend, port, tmp_path):
     assert s1["maxconn"] == 50 and s1["backup"] is False and s1["usable"] is True
     assert s1["sessions"]["total"] == 4 and s1["sessions"]["current"] == 0 and s1["active_requests"] == 0
     assert s1["responses"]["2xx"] == 2 and s1["responses"]["4xx"] == 1 and s1["responses"]["5xx"] == 1
-    assert s1["bytes_out"] > 0 and s1["queue"] == 0
+    assert s1["bytes_out"] > 0 and be["queue"] == 0  # requests queue in the backend
+    assert s1["origin"] == "config" and s1["definition"]["weight"] == 3
     assert s1["downtime_s"] == 0 and s1["check"]["configured"] is False
     s2 = api.server("be", "s2")
     assert s2["backup"] is True and s2["sessions"]["total"] == 0
@@ -212,6 +213,7 @@ def test_add_server_validation_and_checks(proxy, backend, port, tmp_path):
     got, s3 = api.call("POST", url, {"name": "s3", "address": b3.address, "check": True, "inter": "200ms",
                                      "rise": 1, "cookie": "three"})
     assert got == 201 and s3["health"] == "down" and s3["check"]["inter_ms"] == 200, s3
+    assert s3["origin"] == "runtime"
     api.wait_health("be", "s3", "up", 3)
     assert served_by(get_from(p.port(), headers=[("Cookie", "SRV=three")])) == "b3"
     assert "server be/s3 added (admin), health checks start it down" in p.stderr()

@@ -178,7 +178,6 @@ def test_prometheus_metrics(stats_proxy):
     assert ("fleetproxy_server_bytes_in_total", tuple(sorted(s1.items()))) in m
     assert _m(m, "fleetproxy_server_up", **s1) == 1
     assert _m(m, "fleetproxy_server_weight", **s2) == 7
-    assert _m(m, "fleetproxy_server_current_queue", **s1) == 0
     assert _m(m, "fleetproxy_server_current_sessions", **s1) == 0
     assert 0 <= _m(m, "fleetproxy_server_check_duration_seconds", **s1) < 1
     assert ("fleetproxy_server_check_duration_seconds", tuple(sorted(s2.items()))) not in m  # no check

@@ -179,6 +179,8 @@ class AdminServer:
         try:
             for ep in old:
                 await ep.stop_listening()
+            if old:
+                await asyncio.sleep(0)  # uvloop closes listening handles on the next iteration
             for name, key in wanted.items():
                 if name not in self.endpoints:
                     self.endpoints[name] = await self._open(name, key)
