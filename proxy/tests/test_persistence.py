@@ -198,7 +198,11 @@ def test_stick_on_source_shared_by_two_workers(proxy, backend, port, tmp_path):
     pids = Api(adm.socket).worker_pids()
     assert len(pids) == 2
     for src in _sources(3):
-        socks, seen = [], set()
+        # The worker that pins a new source tells the others through the master: until that
+        # message arrives (well under a second) another worker may pin it elsewhere.
+        first = served_by(get_from(p.port(), src=src))
+        time.sleep(0.3)
+        socks, seen = [], {first}
         try:
             for _ in range(12):  # held open at once: both workers take some
                 s = socket.create_connection(("127.0.0.1", p.port()), timeout=10, source_address=(src, 0))
