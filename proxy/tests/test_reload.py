@@ -340,3 +340,25 @@ def test_systemd_notify(backend, port, tmp_path):
         sock.close()
         os.unlink(notify_path)
         os.rmdir(sockdir)
+
+
+def test_change_made_during_a_reload_reaches_the_new_workers(proxy, backend, port, tmp_path):
+    b1, b2 = backend("b1"), backend("b2")
+    cfg = http_config(port(), [server("s1", b1), server("s2", b2)], global_={"workers": 2})
+    adm = with_admin(cfg, tmp_path)
+    p = proxy(cfg)
+    api = Api(adm.socket)
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(api.call("POST", "/v1/reload")))
+    t.start()
+    # While the new workers start (they are listed before they are ready), drain s1.
+    assert wait_until(lambda: api.info()["generation"] == 2, 10)
+    api.patch("be", "s1", state="drain")
+    t.join(30)
+    assert done and done[0][0] == 200
+    assert wait_until(lambda: len(api.worker_pids()) == 2, 10)
+    time.sleep(0.3)
+    n1 = len(b1.requests)
+    for _ in range(12):
+        get_from(p.port())
+    assert len(b1.requests) == n1, "a new worker did not get the drain made while it started"

@@ -87,8 +87,9 @@ class WorkerHandle:
         self.stats: dict[str, Any] | None = None
         self.stopping = False
         self.pid = 0
-        # Changes broadcast before the channel is up (a reload in progress) wait
-        # here and follow the init message, so no worker misses one.
+        # Changes broadcast before the worker is ready (a reload or a replacement in
+        # progress) wait here and follow its "ready": a worker drops every message that
+        # arrives while it still builds its runtime from the init message.
         self.backlog: list[bytes] | None = []
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -101,12 +102,15 @@ class WorkerHandle:
             self.channel.transport.write(data)
 
     def open(self, channel: Channel, init: dict[str, Any]) -> None:
-        """The channel is up: the init message first, then what was broadcast meanwhile."""
+        """The channel is up: the init message (changes wait for :meth:`flush`)."""
         self.channel = channel
-        backlog, self.backlog = self.backlog or [], None
         channel.send(init)
+
+    def flush(self) -> None:
+        """The worker is ready: what was broadcast since its init message."""
+        backlog, self.backlog = self.backlog or [], None
         for data in backlog:
-            channel.transport.write(data)  # type: ignore[union-attr]
+            self.write(data)
 
 
 class Master:
@@ -280,6 +284,7 @@ class Master:
             handle.stats = msg
             self.counters_dirty = True
         elif op == "ready":
+            handle.flush()
             if not handle.ready.done():
                 handle.ready.set_result(None)
         elif op == "observe":
