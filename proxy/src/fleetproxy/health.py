@@ -199,6 +199,7 @@ class HealthChecker:
         sni = server.cfg.tls.sni or "" if server.cfg.tls is not None else ""
         never_up = server.health == DOWN and cfg.init_state == "down"
         await self._sleep(key, random.uniform(0, min(cfg.inter, 2.0)))  # type: ignore[arg-type]
+        last_health = server.health
         while True:
             timeout = server.backend.timeouts.check or cfg.inter
             result = await run_check(self.loop, host, port, timeout, request, expect,  # type: ignore[arg-type]
@@ -209,6 +210,10 @@ class HealthChecker:
             if self.on_result is not None:
                 self.on_result(server, result)
             counts = self.counts[key]
+            if server.health != last_health:
+                # Changed outside the checks (passive check, admin): count afresh,
+                # so a server marked down needs `rise` successes to come back.
+                counts[0] = counts[1] = 0
             if result.ok:
                 counts[0] += 1
                 counts[1] = 0
@@ -222,6 +227,7 @@ class HealthChecker:
                 server.check_fails += 1
                 if server.health == UP and counts[1] >= cfg.fall:  # type: ignore[operator]
                     self.on_change(server, DOWN, f"{result.status} ({result.desc}), {counts[1]} check(s) failed")
+            last_health = server.health
             await self._sleep(key, self._interval(server))
 
     async def _sleep(self, key: int, seconds: float) -> None:

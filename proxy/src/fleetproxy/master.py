@@ -87,8 +87,9 @@ class WorkerHandle:
         self.stats: dict[str, Any] | None = None
         self.stopping = False
         self.pid = 0
-        # Changes broadcast before the channel is up (a reload in progress) wait
-        # here and follow the init message, so no worker misses one.
+        # Changes broadcast before the worker is ready (a reload or a replacement in
+        # progress) wait here and follow its "ready": a worker drops every message that
+        # arrives while it still builds its runtime from the init message.
         self.backlog: list[bytes] | None = []
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -101,12 +102,15 @@ class WorkerHandle:
             self.channel.transport.write(data)
 
     def open(self, channel: Channel, init: dict[str, Any]) -> None:
-        """The channel is up: the init message first, then what was broadcast meanwhile."""
+        """The channel is up: the init message (changes wait for :meth:`flush`)."""
         self.channel = channel
-        backlog, self.backlog = self.backlog or [], None
         channel.send(init)
+
+    def flush(self) -> None:
+        """The worker is ready: what was broadcast since its init message."""
+        backlog, self.backlog = self.backlog or [], None
         for data in backlog:
-            channel.transport.write(data)  # type: ignore[union-attr]
+            self.write(data)
 
 
 class Master:
@@ -213,8 +217,10 @@ class Master:
 
     async def _spawn(self, handle: WorkerHandle, changes: list[dict[str, Any]]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = {address: sock.fileno() for address, sock in self.listeners.items()}
         addresses = {a for fe in self.cfg.frontends for a in fe.addresses}
+        # Only the listeners of this configuration: a worker that inherited the socket of an
+        # address a reload removes would keep it open (and never accept) after the master closes it.
+        fds = {address: sock.fileno() for address, sock in self.listeners.items() if address in addresses}
         try:
             handle.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleetproxy.process", str(theirs.fileno()), self.event_loop,
@@ -233,7 +239,7 @@ class Master:
             "op": "init",
             "config": self.raw,
             "source": self.config_path,
-            "listeners": {a: fd for a, fd in fds.items() if a in addresses},
+            "listeners": fds,
             "changes": changes,
             "workers": self.nworkers,
         })
@@ -278,6 +284,7 @@ class Master:
             handle.stats = msg
             self.counters_dirty = True
         elif op == "ready":
+            handle.flush()
             if not handle.ready.done():
                 handle.ready.set_result(None)
         elif op == "observe":
@@ -404,9 +411,10 @@ class Master:
             try:
                 if text.endswith("%"):
                     pct = float(text[:-1])
-                    if not 0 <= pct <= 100 * 256:
+                    if not 0 <= pct < math.inf:
                         raise ValueError
-                    value = round(s.config_weight * pct / 100)
+                    # HAProxy: initial weight x N / 100, truncated, at most 256.
+                    value = min(256, int(s.config_weight * min(pct, 25600.0) / 100))
                 else:
                     value = int(text)
             except ValueError:
@@ -528,6 +536,12 @@ class Master:
         except KeyError:
             return
         if msg.get("ok"):
+            return
+        if not (s.check and s.check_enabled):
+            # Only an active check could bring it back up: never mark it down (HAProxy's
+            # observe needs check).
+            log.warning("server %s: passive check saw errors (%s); no active check to act on",
+                        s.log_prefix, msg.get("reason", ""))
             return
         if s.cfg.on_error == "mark-down" and s.health == UP:
             self._health_changed(s, DOWN, f"passive check: {msg.get('reason', 'errors')}")

@@ -3,9 +3,10 @@
 Modes:
 
 ``insert``   the proxy adds ``Set-Cookie: NAME=<server cookie>`` to responses
-             of clients that are not pinned yet (or pinned elsewhere);
+             of clients that are not pinned yet (or pinned elsewhere), with
+             ``Cache-Control: private`` if ``nocache``;
              ``indirect`` removes the cookie from requests so servers never
-             see it and skips re-inserting it for pinned clients;
+             see it;
              ``maxidle``/``maxlife`` put the last-seen and first-seen dates in
              the value (``srv|LAST|FIRST``, base 36 seconds) and ignore a
              cookie that is too old.
@@ -88,8 +89,8 @@ class CookieRules:
                       first_seen: float | None = None) -> bytes:
         cfg = self.cfg
         if self.mode == "insert":
-            if pinned and cfg.indirect and not self.dated:
-                return head
+            if pinned and not self.dated:
+                return head  # the client's cookie already names this server (HAProxy)
             value = server_cookie
             if self.dated:
                 t = _b36(int(now))

@@ -234,6 +234,7 @@ class Worker:
         self.stopping = True
         for listener in self.listeners:
             listener.close()
+        await asyncio.sleep(0)  # connections accepted just before get their connection_made first
         parked, self.parked = self.parked, deque()
         for p in parked:
             p.close()

@@ -58,14 +58,48 @@ def _secure_socket(path: str, mode: str, group: str | None) -> None:
         os.chown(path, -1, grp.getgrnam(group).gr_gid)
 
 
+SHUTDOWN_TIMEOUT = 5.0  # a stopping endpoint waits this long for requests in progress
+
+
+class _Endpoint:
+    """One listening endpoint and the settings it was opened with."""
+
+    def __init__(self, key: tuple[Any, ...], path: str | None) -> None:
+        self.key = key
+        self.path = path
+        self.runner: web.AppRunner | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    async def stop_listening(self) -> None:
+        """Take no new connections; requests in progress go on."""
+        if self.server is not None:
+            self.server.close()
+        if self.runner is not None:
+            for site in list(self.runner.sites):
+                await site.stop()
+
+    async def close(self, keep_path: bool) -> None:
+        """Stop, waiting up to SHUTDOWN_TIMEOUT for requests in progress."""
+        await self.stop_listening()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.path and not keep_path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
 class AdminServer:
+    """The three endpoints.  A reload restarts only those whose settings changed, and
+    closes the replaced ones in the background: the request that asked for the reload
+    may be running on one of them."""
+
     def __init__(self, master: Any) -> None:
         self.master = master
-        self.runners: list[web.AppRunner] = []
-        self.runtime_server: asyncio.AbstractServer | None = None
+        self.endpoints: dict[str, _Endpoint] = {}
         self.tokens: list[tuple[str, str]] = []
-        self.paths: list[str] = []
-        self.key: tuple[Any, ...] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _app(self, with_tokens: bool) -> web.Application:
         app = web.Application(middlewares=[token_auth] if with_tokens else [])
@@ -74,38 +108,55 @@ class AdminServer:
         add_routes(app)
         return app
 
-    async def start(self) -> None:
+    def _wanted(self) -> dict[str, tuple[Any, ...]]:
         cfg = self.master.cfg.global_.admin
-        self.key = (cfg.socket, cfg.runtime_socket, cfg.listen, cfg.socket_mode, cfg.socket_group)
-        self.load_tokens()
+        out: dict[str, tuple[Any, ...]] = {}
         if cfg.socket:
-            _prepare_socket_path(cfg.socket)
-            runner = web.AppRunner(self._app(with_tokens=False), access_log=None)
-            await runner.setup()
-            await web.UnixSite(runner, cfg.socket).start()
-            _secure_socket(cfg.socket, cfg.socket_mode, cfg.socket_group)
-            self.runners.append(runner)
-            self.paths.append(cfg.socket)
-            log.info("JSON API on unix:%s", cfg.socket)
+            out["socket"] = (cfg.socket, cfg.socket_mode, cfg.socket_group)
         if cfg.runtime_socket:
-            _prepare_socket_path(cfg.runtime_socket)
-            api = RuntimeAPI(self.master)
-            self.runtime_server = await asyncio.start_unix_server(api.handle, cfg.runtime_socket)
-            _secure_socket(cfg.runtime_socket, cfg.socket_mode, cfg.socket_group)
-            self.paths.append(cfg.runtime_socket)
-            log.info("HAProxy runtime API on unix:%s", cfg.runtime_socket)
+            out["runtime_socket"] = (cfg.runtime_socket, cfg.socket_mode, cfg.socket_group)
         if cfg.listen:
-            host, port = split_host_port(cfg.listen, what="admin listen", allow_wildcard=True)
-            app = self._app(with_tokens=True)
-            app.router.add_get("/stats", stats_page)
-            app.router.add_get("/stats;{fmt}", stats_page)
-            app.router.add_get("/metrics", metrics_handler(self.master))
-            app.router.add_get("/", lambda r: web.HTTPFound("/stats"))  # type: ignore[arg-type, return-value]
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-            self.runners.append(runner)
-            log.info("stats page on http://%s/stats, metrics on /metrics", cfg.listen)
+            out["listen"] = (cfg.listen,)
+        return out
+
+    async def _open(self, name: str, key: tuple[Any, ...]) -> _Endpoint:
+        if name == "socket":
+            path, mode, group = key
+            ep = _Endpoint(key, path)
+            _prepare_socket_path(path)
+            ep.runner = web.AppRunner(self._app(with_tokens=False), access_log=None,
+                                      shutdown_timeout=SHUTDOWN_TIMEOUT)
+            await ep.runner.setup()
+            await web.UnixSite(ep.runner, path).start()
+            _secure_socket(path, mode, group)
+            log.info("JSON API on unix:%s", path)
+            return ep
+        if name == "runtime_socket":
+            path, mode, group = key
+            ep = _Endpoint(key, path)
+            _prepare_socket_path(path)
+            ep.server = await asyncio.start_unix_server(RuntimeAPI(self.master).handle, path)
+            _secure_socket(path, mode, group)
+            log.info("HAProxy runtime API on unix:%s", path)
+            return ep
+        (listen,) = key
+        ep = _Endpoint(key, None)
+        host, port = split_host_port(listen, what="admin listen", allow_wildcard=True)
+        app = self._app(with_tokens=True)
+        app.router.add_get("/stats", stats_page)
+        app.router.add_get("/stats;{fmt}", stats_page)
+        app.router.add_get("/metrics", metrics_handler(self.master))
+        app.router.add_get("/", lambda r: web.HTTPFound("/stats"))  # type: ignore[arg-type, return-value]
+        ep.runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await ep.runner.setup()
+        await web.TCPSite(ep.runner, host, port, reuse_address=True).start()
+        log.info("stats page on http://%s/stats, metrics on /metrics", listen)
+        return ep
+
+    async def start(self) -> None:
+        self.load_tokens()
+        for name, key in self._wanted().items():
+            self.endpoints[name] = await self._open(name, key)
 
     def load_tokens(self) -> None:
         path = self.master.cfg.global_.admin.token_file
@@ -116,25 +167,33 @@ class AdminServer:
             self.tokens = []
 
     async def reconfigure(self) -> None:
-        """After a reload: restart the endpoints whose settings changed; re-read tokens."""
-        cfg = self.master.cfg.global_.admin
-        key = (cfg.socket, cfg.runtime_socket, cfg.listen, cfg.socket_mode, cfg.socket_group)
-        if key != self.key:
-            await self.stop()
-            await self.start()
-        else:
-            self.load_tokens()
+        """After a reload: re-read the tokens; reopen the endpoints whose settings changed.
+
+        A replaced endpoint stops listening at once (its address may be reused right away)
+        and finishes its requests in the background: one of them may be the very request
+        that asked for this reload, which waits for this method to return."""
+        self.load_tokens()
+        wanted = self._wanted()
+        old = [self.endpoints.pop(name) for name, ep in list(self.endpoints.items())
+               if wanted.get(name) != ep.key]
+        try:
+            for ep in old:
+                await ep.stop_listening()
+            if old:
+                await asyncio.sleep(0)  # uvloop closes listening handles on the next iteration
+            for name, key in wanted.items():
+                if name not in self.endpoints:
+                    self.endpoints[name] = await self._open(name, key)
+        finally:
+            keep = {ep.path for ep in self.endpoints.values() if ep.path}
+            for ep in old:
+                task = asyncio.get_running_loop().create_task(ep.close(keep_path=ep.path in keep))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
-        self.runners = []
-        if self.runtime_server is not None:
-            self.runtime_server.close()
-            self.runtime_server = None
-        for path in self.paths:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self.paths = []
+        endpoints, self.endpoints = list(self.endpoints.values()), {}
+        for ep in endpoints:
+            await ep.close(keep_path=False)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -192,12 +192,16 @@ async def change_server(request: web.Request) -> web.Response:
         return error(400, f"unknown field(s): {', '.join(sorted(unknown))}; "
                           "use state, weight, health, check")
     try:
+        # All or nothing: everything that can be refused is checked before anything changes.
         if "check" in body:
             if body["check"] not in ("enabled", "disabled", True, False):
                 return error(400, "check must be 'enabled' or 'disabled'")
-            master.set_check_enabled(s.backend.name, s.name, body["check"] in ("enabled", True))
+            if not s.check:
+                raise ControlError(f"server {s.log_prefix} has no health check configured", 409)
         master.set_server(s.backend.name, s.name, state=body.get("state"), weight=body.get("weight"),
                           health=body.get("health"))
+        if "check" in body:
+            master.set_check_enabled(s.backend.name, s.name, body["check"] in ("enabled", True))
     except ControlError as exc:
         return error(exc.status, str(exc))
     master.refresh_counters()

@@ -73,6 +73,8 @@ class RuntimeAPI:
                     break
                 text = line.decode("utf-8", "replace").strip()
                 out, interactive, quit_ = self.execute_line(text, interactive)
+                if interactive and out.endswith("\n"):
+                    out = out[:-1]  # the prompt "\n> " takes the place of the empty line (HAProxy)
                 writer.write(out.encode())
                 await writer.drain()
                 if quit_ or not interactive:
@@ -137,7 +139,7 @@ class RuntimeAPI:
 
         try:
             if words[0] == "get" and words[1] == "weight":
-                return f"{s.weight} (initial {s.config_weight})\n"
+                return f"{s.uweight} (initial {s.config_weight})\n"  # the admin weight (HAProxy)
             if words[0] == "set" and words[1] == "weight" and len(words) == 4:
                 master.set_server(be, srv, weight=words[3])
                 return ""
@@ -284,7 +286,7 @@ class RuntimeAPI:
                 check_state = (0x01 | 0x02) if s.check and s.check_enabled else 0
                 health = (s.cfg.rise + s.cfg.fall - 1) if s.health == UP else 0  # type: ignore[operator]
                 lines.append(
-                    f"{be_id} {be.name} {srv_id} {s.name} {s.host} {op} {admin} {s.weight} "
+                    f"{be_id} {be.name} {srv_id} {s.name} {s.host} {op} {admin} {s.uweight} "
                     f"{s.config_weight} {int(now - s.last_change)} 0 0 {health} {check_state} 0 0 0 - "
                     f"{s.port} -"
                 )

@@ -177,6 +177,9 @@ class FleetproxyCollector:
         tot = CounterMetricFamily("fleetproxy_backend_sessions", "Sessions", labels=bl)
         queue = GaugeMetricFamily("fleetproxy_backend_current_queue", "Requests waiting in the queue", labels=bl)
         up = GaugeMetricFamily("fleetproxy_backend_active_servers", "Servers taking new traffic", labels=bl)
+        breq = CounterMetricFamily("fleetproxy_backend_http_requests", "HTTP requests sent to a server",
+                                   labels=bl)
+        bin_ = CounterMetricFamily("fleetproxy_backend_bytes_in", "Bytes sent to the servers", labels=bl)
         bout = CounterMetricFamily("fleetproxy_backend_bytes_out", "Bytes sent to clients", labels=bl)
         resp = CounterMetricFamily("fleetproxy_backend_http_responses", "HTTP responses by class",
                                    labels=[*bl, "code"])
@@ -187,11 +190,14 @@ class FleetproxyCollector:
             tot.add_metric([be.name], be.total)
             queue.add_metric([be.name], be.queued)
             up.add_metric([be.name], len(be.usable))
+            if be.mode == "http":
+                breq.add_metric([be.name], be.total)  # one session per request in HTTP
+            bin_.add_metric([be.name], be.bytes_in)
             bout.add_metric([be.name], be.bytes_out)
             nosrv.add_metric([be.name], be.no_server)
             for i, cls in enumerate(CLASSES):
                 resp.add_metric([be.name, cls], be.responses[i])
-        yield from (cur, tot, queue, up, bout, resp, nosrv)
+        yield from (cur, tot, queue, up, breq, bin_, bout, resp, nosrv)
 
         sl = ["backend", "server"]
         fam = {

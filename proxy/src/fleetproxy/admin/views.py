@@ -117,7 +117,8 @@ def frontend_view(f: Frontend) -> dict[str, Any]:
 
 def info_view(master: Any) -> dict[str, Any]:
     workers = [
-        {"pid": w.pid, "generation": w.generation, "stopping": w.stopping}
+        {"pid": w.pid, "generation": w.generation, "stopping": w.stopping,
+         "ready": w.ready.done() and w.ready.exception() is None}
         for w in master.workers
     ]
     return {

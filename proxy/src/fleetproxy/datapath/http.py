@@ -709,7 +709,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             return
         self.retries += 1
         server.retries += 1
-        if be.redispatch and self.retries == be.retries and len(be.usable) > 1:
+        if be.redispatch and self.retries == be.retries and (len(be.usable) > 1 or server not in be.usable):
             other = be.pick_other(server, self._hash_key(be) if be.key_kind else None)
             if other is not None:
                 be.release(server)
@@ -1342,8 +1342,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
     # -- graceful stop -------------------------------------------------------------------
     def stop_if_idle(self) -> bool:
-        """Close now if no request is in progress; True if closed."""
-        if self.state == IDLE:
+        """Close now if idle between requests; True if closed.  A connection that has not
+        sent its first request yet may have it on the way: it is served, then closed."""
+        if self.state == IDLE and self.nreq:
             self._close()
             return True
         self.keep_client = False

@@ -242,7 +242,7 @@ class TcpClient(LazyTimer, asyncio.Protocol):
             return
         self.retries += 1
         server.retries += 1
-        if be.redispatch and self.retries == be.retries and len(be.usable) > 1:
+        if be.redispatch and self.retries == be.retries and (len(be.usable) > 1 or server not in be.usable):
             other = be.pick_other(server, self.src_ip.encode() if be.key_kind else None)
             if other is not None:
                 be.release(server)
