@@ -39,7 +39,8 @@ demo: $(STAMP)
 
 test: test-proxy lint test-ansible
 
-test-proxy: $(STAMP)
+# (the ansible tools too: one test drives fleetproxy with community.general.haproxy)
+test-proxy: $(STAMP) $(ANSIBLE_STAMP)
 	cd proxy && ../$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The modules against a real fleetproxy (tests/unit); the vip tests need root.

@@ -76,8 +76,6 @@ def test_read_views(proxy, backend, port, tmp_path):
     assert api.call("GET", "/v1/health") == (200, {"status": "ok", "workers": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="datapath/http.py never counts the bytes it sends to a server "
-                   "(server.bytes_in, backend.bytes_in stay 0 in HTTP mode; tcp.py counts them)")
 def test_http_bytes_sent_to_servers_are_counted(proxy, backend, port, tmp_path):
     cfg = http_config(port(), [server("s1", backend("b1"))])
     p, api, _ = _start(proxy, tmp_path, cfg)

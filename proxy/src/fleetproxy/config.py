@@ -701,6 +701,9 @@ def _resolve(cfg: Config) -> list[tuple[str, str]]:
         cookies: dict[str, str] = {}
         for j, srv in enumerate(be.servers):
             resolve_server(srv, be, d)
+            if srv.observe != "none" and not srv.check:
+                errors.append((f"backends[{i}].servers[{j}].observe",
+                               f"observe {srv.observe} needs check: true (as in HAProxy)"))
             if be.cookie is not None:
                 value = srv.cookie or srv.name
                 if value in cookies:

@@ -87,9 +87,9 @@ class WorkerHandle:
         self.stats: dict[str, Any] | None = None
         self.stopping = False
         self.pid = 0
-        # Changes broadcast before the worker is ready (a reload or a replacement in
-        # progress) wait here and follow its "ready": a worker drops every message that
-        # arrives while it still builds its runtime from the init message.
+        # Changes broadcast before the channel is up (a reload or a replacement in
+        # progress) wait here and follow the init message; the worker applies them
+        # before its listeners accept.
         self.backlog: list[bytes] | None = []
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -102,12 +102,12 @@ class WorkerHandle:
             self.channel.transport.write(data)
 
     def open(self, channel: Channel, init: dict[str, Any]) -> None:
-        """The channel is up: the init message (changes wait for :meth:`flush`)."""
+        """The channel is up: the init message, then what was broadcast meanwhile."""
         self.channel = channel
         channel.send(init)
+        self.flush()
 
     def flush(self) -> None:
-        """The worker is ready: what was broadcast since its init message."""
         backlog, self.backlog = self.backlog or [], None
         for data in backlog:
             self.write(data)
@@ -241,6 +241,7 @@ class Master:
             "source": self.config_path,
             "listeners": fds,
             "changes": changes,
+            "sticks": self._stick_entries(),
             "workers": self.nworkers,
         })
         self.loop.create_task(self._watch(handle))
@@ -284,15 +285,28 @@ class Master:
             handle.stats = msg
             self.counters_dirty = True
         elif op == "ready":
-            handle.flush()
             if not handle.ready.done():
                 handle.ready.set_result(None)
         elif op == "observe":
             self._observed(msg)
         elif op == "stick":
+            # Kept here too, so that workers started later (reload, replacement) get it.
+            be = self.runtime.backends.get(msg["backend"])
+            if be is not None and be.stick is not None:
+                be.stick.put(msg["key"].encode("latin-1"), msg["server"], self.loop.time())
             for w in self.workers:
                 if w is not handle:
                     w.send(msg)
+
+    def _stick_entries(self) -> dict[str, list[tuple[str, str, float]]]:
+        """Every backend's stick table as (key, server, seconds left)."""
+        now = self.loop.time()
+        out = {}
+        for be in self.runtime.backends.values():
+            if be.stick is not None and be.stick.entries:
+                out[be.name] = [(k.decode("latin-1"), name, round(exp - now, 3))
+                                for k, (name, exp) in be.stick.entries.items() if exp > now]
+        return out
 
     def broadcast(self, msg: dict[str, Any]) -> None:
         data = encode(msg)
@@ -630,6 +644,7 @@ class Master:
             for change in changes[0]:
                 runtime.apply(change, now)
             self._carry_health(old_runtime, runtime)
+            self._carry_sticks(old_runtime, runtime)
             self.nworkers = resolve_workers(cfg.global_.workers)
             try:
                 await self._spawn_generation(changes[0] + self._health_changes(runtime))
@@ -681,6 +696,17 @@ class Master:
                 s.check_status, s.check_desc, s.check_duration = o.check_status, o.check_desc, o.check_duration
                 s.last_change, s.downtime = o.last_change, o.downtime
             be.refresh()
+
+    @staticmethod
+    def _carry_sticks(old: Runtime, new: Runtime) -> None:
+        """Persistence entries survive a reload for servers that still exist."""
+        for be in new.backends.values():
+            obe = old.backends.get(be.name)
+            if be.stick is None or obe is None or obe.stick is None:
+                continue
+            for key, (name, expires) in obe.stick.entries.items():
+                if name in be.by_name:
+                    be.stick.entries[key] = (name, expires)
 
     @staticmethod
     def _health_changes(runtime: Runtime) -> list[dict[str, Any]]:

@@ -235,9 +235,11 @@ class Worker:
         for listener in self.listeners:
             listener.close()
         await asyncio.sleep(0)  # connections accepted just before get their connection_made first
+        # Connections accepted past maxconn: each is served (one request) rather than cut.
         parked, self.parked = self.parked, deque()
         for p in parked:
-            p.close()
+            if not p.lost:
+                p.admit()
         for client in list(self.clients):
             client.stop_if_idle()
         if self.clients:
@@ -261,7 +263,7 @@ class Worker:
     def conn_opened(self, client: Any) -> bool:
         """Count a new connection; False if over a limit (then it is parked)."""
         fe = client.frontend
-        if self.conns >= self.maxconn or (fe.maxconn and fe.conns >= fe.maxconn):
+        if (self.conns >= self.maxconn or (fe.maxconn and fe.conns >= fe.maxconn)) and not self.stopping:
             self.parked.append(Parked(client))
             return False
         self.clients.add(client)
@@ -411,7 +413,8 @@ class WorkerProcess:
         self.init: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.stopped = asyncio.Event()
         self.stopping = False
-        self._last_stats: str = ""
+        self.early: list[dict[str, Any]] = []
+        self._last_stats: Any = None
 
     async def run(self) -> int:
         from . import config as config_mod
@@ -430,6 +433,14 @@ class WorkerProcess:
         now = loop.time()
         for change in init.get("changes", []):
             worker.runtime.apply(change, now)
+        for be_name, entries in (init.get("sticks") or {}).items():
+            be = worker.runtime.backends.get(be_name)
+            if be is not None and be.stick is not None:
+                for key, server, ttl in entries:
+                    be.stick.entries[key.encode("latin-1")] = (server, now + ttl)
+        early, self.early = self.early, []
+        for msg in early:
+            self.on_message(msg)
         sockets = {addr: socket.socket(fileno=fd) for addr, fd in init["listeners"].items()}
         for sock in sockets.values():
             sock.setblocking(False)
@@ -449,6 +460,9 @@ class WorkerProcess:
             return
         worker = self.worker
         if worker is None:
+            # Sent while the runtime is still being built from the init message:
+            # applied right after it, before any listener accepts.
+            self.early.append(msg)
             return
         if op in ("server", "add_server", "del_server"):
             try:
@@ -485,10 +499,14 @@ class WorkerProcess:
     def send_stats(self, final: bool = False) -> None:
         if self.worker is None or self.channel is None or self.channel.closed:
             return
-        snap = self.worker.snapshot()
-        key = repr(snap)
-        if key != self._last_stats or final:
-            self._last_stats = key
+        worker = self.worker
+        # Every counter moves with one of these: skip the full snapshot when idle.
+        activity = (worker.conns, *[(f.requests, f.total_conns, f.bytes_in, f.bytes_out, f.conns,
+                                     f.tls_failures, f.bad_requests)
+                                    for f in worker.runtime.frontends.values()])
+        if activity != self._last_stats or final:
+            self._last_stats = activity
+            snap = worker.snapshot()
             if final:
                 snap["final"] = True
             self.channel.send(snap)

@@ -56,6 +56,7 @@ PENDING_LIMIT = 256 * 1024
 PIPELINE_LIMIT = 64 * 1024
 WRITE_JOIN_LIMIT = 16 * 1024
 RETRY_TURNAROUND = 0.02
+STOP_GRACE = 1.0  # idle keep-alive connections on stop or reload
 
 _TUNNEL_STRIP = REQUEST_STRIP - {b"upgrade"}
 _CLASS = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
@@ -136,6 +137,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.keep_client = True
         self.status = -1
         self.bytes_out = 0
+        self.bytes_up = 0
         self.term = "--"
         self.t_head = self.t_queue = self.t_connect = self.t_resp = -1
 
@@ -295,6 +297,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             self._body_data(data)
         elif state == TUNNEL:
             self.upstream.transport.write(data)  # type: ignore[union-attr]
+            self.bytes_up += len(data)
             self._arm(self._tunnel_timeout(), T_TUNNEL)
         elif state == DONE:
             # The next request, pipelined: parsed once this one is answered.
@@ -569,6 +572,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         up = self.upstream
         if up is not None:
             up.transport.write(part)
+            self.bytes_up += len(part)
         elif self.pending is not None:
             self.pending.append(part)
             self.pending_size += len(part)
@@ -738,7 +742,9 @@ class HttpClient(LazyTimer, asyncio.Protocol):
             conn.transport.pause_reading()
         self.rstate = R_HEAD
         self.sent = True
-        conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[index]
+        data = pending[0] if len(pending) == 1 else b"".join(pending)  # type: ignore[index]
+        conn.transport.write(data)
+        self.bytes_up += len(data)
         if self.state != BODY:
             deadline = (now or self._loop.time()) + self.backend.timeouts.server
             self._deadline = deadline
@@ -1053,6 +1059,7 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         self.bytes_out += len(head) + len(rest)
         if self.buf:
             self.upstream.transport.write(self.buf)  # type: ignore[union-attr]
+            self.bytes_up += len(self.buf)
             self.buf = b""
         self._resume(P_PIPELINE)
         self._arm(self._tunnel_timeout(), T_TUNNEL)
@@ -1202,10 +1209,12 @@ class HttpClient(LazyTimer, asyncio.Protocol):
         if be is not None:
             be.responses[cls] += 1
             be.bytes_out += nbytes
+            be.bytes_in += self.bytes_up
         if server is not None:
             self.server = None
             server.responses[cls] += 1
             server.bytes_out += nbytes
+            server.bytes_in += self.bytes_up
             server.sessions.discard(self)
             be.release(server)
             if server.observe:
@@ -1342,12 +1351,14 @@ class HttpClient(LazyTimer, asyncio.Protocol):
 
     # -- graceful stop -------------------------------------------------------------------
     def stop_if_idle(self) -> bool:
-        """Close now if idle between requests; True if closed.  A connection that has not
-        sent its first request yet may have it on the way: it is served, then closed."""
-        if self.state == IDLE and self.nreq:
-            self._close()
-            return True
+        """Graceful stop: nothing is cut.  A connection that has not sent its first
+        request yet may have it on the way: it is served, then closed.  A keep-alive
+        connection between requests gets a short grace (STOP_GRACE) for a request
+        already sent, answered with ``Connection: close``; then it closes while its
+        input is empty, so the client sees a FIN, not a reset."""
         self.keep_client = False
+        if self.state == IDLE and self.nreq:
+            self._arm(min(STOP_GRACE, self.frontend.timeouts.http_keep_alive), T_KEEPALIVE)
         return False
 
     def kill_session(self) -> None:
