@@ -258,12 +258,22 @@ class HAProxy(ProxyKind):
                 "    option forwardfor\n"
                 "    # fleetproxy always sets X-Forwarded-Proto; do the same work here\n"
                 f"    http-request set-header X-Forwarded-Proto {proto}\n"
-                "    default_backend fpb_http_back\n"
+                f"    default_backend fpb_{proto}_back\n"
             )
-        if http_fronts:
+        if "http" in ports:
             text += (
                 "backend fpb_http_back\n"
                 "    balance roundrobin\n"
+                f"{servers}"
+            )
+        if any(fe in ports for fe in TLS_FRONTENDS):
+            text += (
+                "backend fpb_https_back\n"
+                "    balance roundrobin\n"
+                "    # The TLS scenarios compare TLS costs: with the default 'http-reuse safe' the\n"
+                "    # first request of every client connection (each one in the handshake\n"
+                "    # scenarios) would get a new server connection; fleetproxy reuses its pool.\n"
+                "    http-reuse always\n"
                 f"{servers}"
             )
         if "tcp" in ports:

@@ -650,7 +650,10 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
             "- TLS: one throw-away self-signed certificate per key type (ECDSA P-256, RSA 2048), generated for "
             "the run with `cryptography` and given to both proxies as one PEM file (HAProxy: `bind ... ssl crt "
             "FILE alpn http/1.1 ssl-min-ver TLSv1.2`; fleetproxy: `tls: {certificates: [FILE]}`, whose "
-            "defaults are ALPN http/1.1 and TLS 1.2 minimum).",
+            "defaults are ALPN http/1.1 and TLS 1.2 minimum). HAProxy's HTTPS frontends use a backend with "
+            "`http-reuse always`, so that, like fleetproxy, it reuses server connections for the first "
+            "request of a client connection (every request of the handshake rows); the plain HTTP rows keep "
+            "its default `safe`.",
             f"- CPU placement: {placement}. The proxy under test gets a core of its own, so what is "
             "measured is the proxy, not its competition with the load generator; all proxies get the same "
             "placement.",

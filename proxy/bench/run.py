@@ -258,9 +258,15 @@ class Bench:
         if self.round_scenarios("2w"):
             log(f"CPU placement for 2 workers / 2 threads: {self.variants['2w'][1].describe()}")
         if any(s.kind in ("conn", "reload") for s in self.scenarios):
-            fpb = build_fpbload(self.procs.workdir)
-            self.fpbload = FpbLoad(fpb, self.placement, connections=self.args.connections,
-                                   backend_pids=self.wrk.backend_pids, counters=self.wrk.counters)
+            try:
+                fpb = build_fpbload(self.procs.workdir)
+            except BenchError as exc:
+                skipped = [s.key for s in self.scenarios if s.kind in ("conn", "reload")]
+                log(f"skipping {', '.join(skipped)}: {exc}")
+                self.scenarios = [s for s in self.scenarios if s.kind not in ("conn", "reload")]
+            else:
+                self.fpbload = FpbLoad(fpb, self.placement, connections=self.args.connections,
+                                       backend_pids=self.wrk.backend_pids, counters=self.wrk.counters)
         tls = sorted({s.frontend for s in self.scenarios if s.tls})
         for fe in tls:
             self.certs[fe] = certs.generate(fe.removeprefix("https-"), self.procs.workdir)
