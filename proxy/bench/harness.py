@@ -188,7 +188,7 @@ class Placement:
         if self.proxy is None:
             return "none (the scheduler places every process)"
         if self.shared:
-            return (f"proxy, wrk, the harness and nginx backends all on CPUs {fmt_cpus(self.proxy)} "
+            return (f"proxy, load generator and nginx backends all on CPUs {fmt_cpus(self.proxy)} "
                     "(shared; the scheduler places them)")
         return (f"proxy on CPU {fmt_cpus(self.proxy)}; wrk, idle clients, py-spy and the harness "
                 f"on CPU {fmt_cpus(self.load)}; nginx backends on CPU {fmt_cpus(self.backend)}")
@@ -345,6 +345,24 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLK_TCK
+
+
+def thread_cpu_seconds(pids: Sequence[int]) -> dict[tuple[int, int], float]:
+    """(pid, tid) -> user + system CPU seconds, for every thread of ``pids``."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def rss_bytes(pids: Sequence[int]) -> int:

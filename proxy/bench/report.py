@@ -522,7 +522,13 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
         for r in two:
             base = next((b for b in rows if b.proxy == r.proxy and b.scenario.key == "http-keepalive"), None)
             scale = f"{r.rps / base.rps:.2f} x its 1-worker/1-thread req/s" if base and base.rps > 0 else "n/a"
-            out.append(f"- {r.proxy}: {fmt_num(r.rps)} req/s at {r.cpu:.0f}% CPU; {scale}")
+            spread = [x.extra.get("busiest_threads_pct") for x in r.runs.values() if x.extra.get("busiest_threads_pct")]
+            how = ""
+            if spread:
+                how = ("; CPU % of its busiest threads, per round (how the load spread over the "
+                       f"{'threads' if r.proxy == REFERENCE else 'worker processes'}): "
+                       + ", ".join("/".join(f"{v:.0f}" for v in sp) for sp in spread))
+            out.append(f"- {r.proxy}: {fmt_num(r.rps)} req/s at {r.cpu:.0f}% CPU; {scale}{how}")
         out.append("")
 
     tls_conn = [r for r in rows if r.scenario.kind == "conn" and r.scenario.tls]

@@ -37,7 +37,15 @@ from pathlib import Path
 import certs
 from backends import counters as backend_counters
 from backends import find_nginx, start_backends
-from harness import BenchError, Placement, Processes, free_ports, process_tree, raise_nofile
+from harness import (
+    BenchError,
+    Placement,
+    Processes,
+    free_ports,
+    process_tree,
+    raise_nofile,
+    thread_cpu_seconds,
+)
 from loadgen import FpbLoad, IdleResult, Wrk, WrkResult, build_fpbload, idle_connections
 from ops import RELOAD_LEAD, RELOAD_TAIL, HealthResult, ReloadResult, health_run, reload_run
 from proxies import (
@@ -323,13 +331,23 @@ class Bench:
         inst = self.instances[(s.variant, name)]
         placement = self.variants[s.variant][1]
         self.pin_backends(placement.backend)
+        before = thread_cpu_seconds(process_tree(inst.pid)) if s.variant != "base" else None
+        t0 = time.monotonic()
         if s.kind == "conn":
             assert self.fpbload is not None
-            return self.fpbload.run(inst.ports[s.frontend], int(duration), inst.pid, tls=s.tls,
-                                    keepalive=s.keepalive, sni=certs.NAME if s.tls else None,
-                                    placement=placement, connections=s.connections)
-        return self.wrk.run(inst.url(s.frontend, s.path), duration, s.headers, proxy_pid=inst.pid,
-                            placement=placement, threads=s.wrk_threads, connections=s.connections)
+            r = self.fpbload.run(inst.ports[s.frontend], int(duration), inst.pid, tls=s.tls,
+                                 keepalive=s.keepalive, sni=certs.NAME if s.tls else None,
+                                 placement=placement, connections=s.connections)
+        else:
+            r = self.wrk.run(inst.url(s.frontend, s.path), duration, s.headers, proxy_pid=inst.pid,
+                             placement=placement, threads=s.wrk_threads, connections=s.connections)
+        if before is not None:
+            # How the work spread over the proxy's threads (HAProxy) or processes (fleetproxy).
+            secs = time.monotonic() - t0
+            after = thread_cpu_seconds(process_tree(inst.pid))
+            busy = sorted((100 * (v - before.get(k, 0.0)) / secs for k, v in after.items()), reverse=True)
+            r.extra["busiest_threads_pct"] = [round(x, 1) for x in busy[:4]]
+        return r
 
     def rounds(self) -> None:
         scenarios = self.round_scenarios()
