@@ -32,7 +32,8 @@
  * 100 ms, the first failures with their time, resumed TLS sessions (must stay 0:
  * the context has no session cache and no tickets, and no session is ever set),
  * and the negotiated TLS parameters and server key of the first handshake.
- * Bounded: -d seconds of load, then at most the timeout to finish what is in flight.
+ * Bounded: -d seconds of load (SIGUSR1 ends the load earlier), then at most the timeout
+ * to finish what is in flight.  Failures keep their time (up to 10000 of them).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -118,8 +119,15 @@ static uint64_t hist[64 * HIST_SUB];
 static long long hist_n;
 static double last_ok = -1, max_gap = 0;
 struct failure_event { double t; int kind; int err; };
-static struct failure_event first_failures[50];
+#define MAX_FAILURE_EVENTS 10000
+static struct failure_event first_failures[MAX_FAILURE_EVENTS];
 static int nfirst;
+static volatile sig_atomic_t stop_requested;
+
+static void on_usr1(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
 static char tls_version[32], tls_cipher[64], tls_group[32], tls_key[32], tls_alpn[32];
 static int accepting = 1;
 
@@ -561,6 +569,9 @@ int main(int argc, char **argv) {
     }
     if (opt_port <= 0 || opt_conns <= 0 || opt_duration <= 0 || opt_duration > 3600) usage();
     signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_usr1};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)opt_port);
@@ -589,12 +600,13 @@ int main(int argc, char **argv) {
 
     t0 = now();
     stop_at = t0 + opt_duration;
-    double hard_stop = stop_at + opt_timeout_ms / 1000 + 1;
     double next_scan = t0;
     struct epoll_event events[MAX_EVENTS];
     for (;;) {
         double t = now();
+        if (stop_requested && t < stop_at) stop_at = t;
         if (t >= stop_at) accepting = 0;
+        double hard_stop = stop_at + opt_timeout_ms / 1000 + 1;
         int busy = 0;
         for (int i = 0; i < opt_conns; i++) {
             conn_t *c = &conns[i];
@@ -641,7 +653,7 @@ int main(int argc, char **argv) {
     for (int b = 0; b < used; b++) printf("%s%lld", b ? "," : "", ok_buckets[b]);
     printf("],\"failed_per_bucket\":[");
     for (int b = 0; b < used; b++) printf("%s%lld", b ? "," : "", fail_buckets[b]);
-    printf("],\"first_failures\":[");
+    printf("],\"failures_kept\":%d,\"first_failures\":[", nfirst);
     for (int i = 0; i < nfirst; i++)
         printf("%s{\"t_ms\":%.1f,\"kind\":\"%s\",\"errno\":%d}", i ? "," : "", first_failures[i].t * 1000,
                FAIL_NAMES[first_failures[i].kind], first_failures[i].err);

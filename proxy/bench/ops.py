@@ -17,6 +17,7 @@ windows.
 from __future__ import annotations
 
 import json
+import signal
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from scenarios import Scenario, verify
 
 RELOAD_LEAD = 2.0  # seconds of load before the first reload
 RELOAD_TAIL = 3.0  # seconds of load after the last one
+RELOAD_TIMEOUT = 30.0  # a reload that takes longer has failed
 
 
 @dataclass
@@ -96,8 +98,10 @@ def reload_run(s: Scenario, kind: ProxyKind, procs: Processes, placement: Placem
         problems = verify(inst.ports["http"], "http")
         if problems:
             raise BenchError(f"{kind.name} ({s.key}) does not forward: {'; '.join(problems)}")
-        duration = RELOAD_LEAD + count * interval + RELOAD_TAIL
-        load = fpbload.spawn(procs, inst.ports["http"], duration, keepalive=s.keepalive, rate=rate,
+        # fpbload runs until told to stop (SIGUSR1) RELOAD_TAIL after the last reload; its own
+        # limit only bounds a run whose reloads all take their full timeout.
+        limit = RELOAD_LEAD + count * (interval + RELOAD_TIMEOUT) + RELOAD_TAIL
+        load = fpbload.spawn(procs, inst.ports["http"], limit, keepalive=s.keepalive, rate=rate,
                              name=f"fpb-fpbload-{s.key}-{kind.name}")
         try:
             started = time.monotonic()
@@ -112,7 +116,7 @@ def reload_run(s: Scenario, kind: ProxyKind, procs: Processes, placement: Placem
                     raise BenchError(f"fpbload exited early: {load.tail()}")
                 starts.append(time.monotonic())
                 try:
-                    done.append(inst.reload(timeout=30))
+                    done.append(inst.reload(timeout=RELOAD_TIMEOUT))
                     ends.append(time.monotonic())
                 except BenchError as exc:
                     ends.append(time.monotonic())
@@ -121,8 +125,11 @@ def reload_run(s: Scenario, kind: ProxyKind, procs: Processes, placement: Placem
                 if not inst.proc.alive():
                     errors.append(f"{kind.name} exited after reload {i + 1}: {inst.proc.tail()}")
                     break
-            assert load.popen.stdout is not None
-            out, _ = load.popen.communicate(timeout=duration + 30)
+            time.sleep(RELOAD_TAIL)
+            if not load.alive():
+                raise BenchError(f"fpbload exited early: {load.tail()}")
+            load.popen.send_signal(signal.SIGUSR1)
+            out, _ = load.popen.communicate(timeout=fpbload.timeout_ms / 1000 + 30)
         finally:
             procs.stop(load)
         try:
@@ -131,24 +138,33 @@ def reload_run(s: Scenario, kind: ProxyKind, procs: Processes, placement: Placem
             raise BenchError(f"fpbload gave no result: {out[-500:]!r} {load.tail()}") from None
     finally:
         procs.stop(inst.proc, timeout=40)  # old workers may linger until hard-stop-after
-    # Attribute failures (100 ms buckets since fpbload's start) to reloads.
+    # Attribute each failure to the last reload begun before it (fpbload keeps the time of
+    # up to 10000 failures; beyond that, its 100 ms histogram says when).
     t0, bucket = d["t0_monotonic"], d["bucket_ms"] / 1000
     per_reload = [0] * len(starts)
     before = 0
-    for b, n in enumerate(d["failed_per_bucket"]):
-        if not n:
-            continue
-        t = t0 + b * bucket
-        i = sum(1 for st in starts if st <= t + bucket) - 1  # the last reload begun by the bucket's end
+
+    def attribute(t: float, n: int = 1) -> None:
+        nonlocal before
+        i = sum(1 for st in starts if st <= t) - 1
         if i < 0:
             before += n
         else:
             per_reload[i] += n
+
+    events = d["first_failures"]
+    if len(events) == d["failed"]:
+        for f in events:
+            attribute(t0 + f["t_ms"] / 1000)
+    else:
+        for b, n in enumerate(d["failed_per_bucket"]):
+            if n:
+                attribute(t0 + (b + 0.5) * bucket, n)
     return ReloadResult(
         reloads=count, done=done, errors=errors, ok=d["ok"], failed=d["failed"],
         errors_by_kind={k: v for k, v in d["errors"].items() if v}, duration=d["duration_s"],
         max_gap_ms=d["max_gap_ms"], failed_before_first=before, failed_per_reload=per_reload,
-        first_failures=d["first_failures"], server_closed_keepalive=d["server_closed_keepalive"],
+        first_failures=d["first_failures"][:50], server_closed_keepalive=d["server_closed_keepalive"],
         keepalive=s.keepalive, connections=fpbload.connections, rate_limit=rate,
         windows_ms=[((a - t0) * 1000, (b - t0) * 1000) for a, b in zip(starts, ends, strict=True)],
     )
