@@ -281,7 +281,7 @@ class Bench:
         base_frontends = ("http", "tcp", *[fe for fe in TLS_FRONTENDS if fe in tls])
         self.topo = Topology(addresses, base_frontends, certs=self.certs)
         for variant, (settings, placement) in self.variants.items():
-            scenarios = self.round_scenarios(variant)
+            scenarios = [] if self.args.profile_only else self.round_scenarios(variant)
             if not scenarios and not (variant == "base" and self.args.profile == "yes"):
                 continue
             kinds = proxy_kinds(settings, self.args.haproxy)
@@ -476,16 +476,23 @@ class Bench:
         if inst is None or not self.alive("base", SUBJECT):
             raise BenchError(f"--profile needs a running {SUBJECT} (is it in --proxies?)")
         stem = f"profile-{time.strftime('%Y%m%d-%H%M%S')}-{SUBJECT}-http-keepalive"
-        # The data path runs in the worker processes (children of the master).
+        # The data path runs in the worker processes (children of the master), which the
+        # master starts after binding its listeners: wait for one.
         target = inst.pid
-        for pid in process_tree(inst.pid)[1:]:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"fleetproxy.process" in f.read():
-                        target = pid
-                        break
-            except OSError:
-                continue
+        deadline = time.monotonic() + 20
+        while target == inst.pid and time.monotonic() < deadline:
+            for pid in process_tree(inst.pid)[1:]:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if b"fleetproxy.process" in f.read():
+                            target = pid
+                            break
+                except OSError:
+                    continue
+            else:
+                time.sleep(0.1)
+        if target == inst.pid:
+            log(f"no {SUBJECT} worker process found: profiling the master")
         log(f"profiling {SUBJECT} worker (pid {target}) with py-spy for 2 x {self.args.profile_duration:g} s")
         prof = profile(pyspy=pyspy, pid=target, wrk=self.wrk, url=inst.url("http", "/"),
                        duration=self.args.profile_duration, placement=self.placement, procs=self.procs,
