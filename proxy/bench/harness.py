@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import os
 import resource
 import signal
@@ -82,6 +83,48 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0,
             time.sleep(0.05)
 
 
+def unix_command(path: Path | str, command: str, timeout: float = 10.0) -> str:
+    """Send one line to an HAProxy-style text socket (stats socket, master CLI, fleetproxy's
+    runtime socket) and return everything it answers until it closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(command.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)  # the master CLI answers, then waits for more unless told
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def unix_http(path: Path | str, method: str, url: str, timeout: float = 30.0) -> tuple[int, str]:
+    """One HTTP/1.1 request over a UNIX socket (fleetproxy's admin socket): (status, body)."""
+
+    class _Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(path))
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    conn = _Conn("localhost", timeout=timeout)
+    try:
+        conn.request(method, url)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchError(f"{method} {url} on {path}: {exc!r}") from None
+    finally:
+        conn.close()
+
+
 # --------------------------------------------------------------------------
 # CPU placement
 # --------------------------------------------------------------------------
@@ -118,12 +161,35 @@ class Placement:
             raise BenchError(f"--pin {mode!r}: use auto, none or PROXY_CPUS:LOAD_CPUS (e.g. 1:0)") from None
         return cls(proxy=proxy, load=load, backend=load)
 
+    @classmethod
+    def choose_multi(cls, mode: str, ncpus: int = 2) -> Placement:
+        """Placement for a proxy with ``ncpus`` workers/threads.  ``auto``: with at least
+        ``ncpus`` + 2 CPUs the proxy gets the last ``ncpus`` alone; with fewer (a 2-core
+        machine) the proxy cannot have cores to itself, so every process may run on every
+        CPU (the same for every proxy).  ``none`` and explicit lists as in :meth:`choose`."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if mode == "auto":
+            if len(cpus) >= ncpus + 2:
+                proxy, rest = frozenset(cpus[-ncpus:]), frozenset(cpus[:-ncpus])
+                return cls(proxy=proxy, load=rest, backend=rest)
+            every = frozenset(cpus)
+            return cls(proxy=every, load=every, backend=every)
+        return cls.choose(mode)
+
+    @property
+    def shared(self) -> bool:
+        """The proxy shares its CPUs with the load generator and the backends."""
+        return self.proxy is None or bool(self.proxy & (self.load or frozenset()))
+
     def cpus(self, role: str) -> frozenset[int] | None:
         return getattr(self, role)
 
     def describe(self) -> str:
         if self.proxy is None:
             return "none (the scheduler places every process)"
+        if self.shared:
+            return (f"proxy, load generator and nginx backends all on CPUs {fmt_cpus(self.proxy)} "
+                    "(shared; the scheduler places them)")
         return (f"proxy on CPU {fmt_cpus(self.proxy)}; wrk, idle clients, py-spy and the harness "
                 f"on CPU {fmt_cpus(self.load)}; nginx backends on CPU {fmt_cpus(self.backend)}")
 
@@ -279,6 +345,24 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLK_TCK
+
+
+def thread_cpu_seconds(pids: Sequence[int]) -> dict[tuple[int, int], float]:
+    """(pid, tid) -> user + system CPU seconds, for every thread of ``pids``."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def rss_bytes(pids: Sequence[int]) -> int:

@@ -1,8 +1,16 @@
-"""Load generators: wrk for throughput and latency, :mod:`idleclients` for idle connections.
+"""Load generators: wrk for throughput and latency, :mod:`idleclients` for idle
+connections, ``fpbload.c`` where wrk cannot do the job.
 
 wrk runs with a small Lua ``done()`` hook that prints its summary as JSON
 (exact latency percentiles in microseconds and every error counter), so
 nothing depends on parsing wrk's human-readable text; that text is kept too.
+
+fpbload (C, epoll, OpenSSL; compiled into the work directory at start) is used
+for new full TLS handshakes (wrk keeps its SSL object across reconnects and so
+resumes sessions; HAProxy reports 100% session reuse under wrk) and for the
+reload test, where every request must be accounted for and classified (reset,
+refused, closed before a response, ...) with its time, which wrk's coarse
+``read``/``connect`` counters cannot do.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +30,7 @@ from harness import (
     BenchError,
     CpuAccount,
     Placement,
+    Proc,
     Processes,
     process_tree,
     rss_bytes,
@@ -60,6 +70,7 @@ class WrkResult:
     load_bound: bool = False  # the load side (wrk + backends) had no CPU to spare
     server_conns: int = -1  # connections the backends accepted during the run (-1: unknown)
     server_requests: int = -1  # requests the backends served during the run
+    extra: dict = field(default_factory=dict)  # fpbload: TLS parameters, resumed sessions, ...
     raw: str = field(default="", repr=False)
 
     @property
@@ -81,6 +92,21 @@ class WrkResult:
         d = asdict(self)
         d.pop("raw")
         return d
+
+
+def is_load_bound(cpu: dict[str, float], placement: Placement) -> bool:
+    """Whether the load side (load generator + backends) had no CPU to spare.
+
+    Pinned apart: the load CPUs were >= 90% busy with load.  Unpinned: the whole
+    machine was >= 90% busy.  Deliberately shared CPUs (2 workers on a 2-core
+    machine): never, since saturating the machine is the point there; the proxy's
+    CPU cost per request (*eff x*) is the comparison."""
+    load_cpus = placement.cpus("load")
+    if load_cpus is None:
+        return sum(cpu.values()) >= 90 * len(os.sched_getaffinity(0))
+    if placement.shared:
+        return False
+    return cpu["load"] >= 90 * len(load_cpus)
 
 
 @dataclass
@@ -112,23 +138,21 @@ class Wrk:
             return None  # a backend that stopped answering shows up in wrk's errors
 
     def run(self, url: str, duration: int, headers: tuple[str, ...] = (),
-            proxy_pid: int | None = None) -> WrkResult:
-        argv = [self.binary, f"-t{self.threads}", f"-c{self.connections}", f"-d{int(duration)}s",
-                f"--timeout={self.timeout}", "--latency", "-s", str(self.script)]
+            proxy_pid: int | None = None, *, placement: Placement | None = None,
+            threads: int | None = None, connections: int | None = None) -> WrkResult:
+        placement = placement or self.placement
+        argv = [self.binary, f"-t{threads or self.threads}", f"-c{connections or self.connections}",
+                f"-d{int(duration)}s", f"--timeout={self.timeout}", "--latency", "-s", str(self.script)]
         for h in headers:
             argv += ["-H", h]
         argv.append(url)
         before = self._counters()
         account = CpuAccount(proxy_pid, self.backend_pids)
         account.start()
-        r = run_capture(argv, cpus=self.placement.cpus("load"), timeout=duration + 60)
+        r = run_capture(argv, cpus=placement.cpus("load"), timeout=duration + 60)
         cpu = account.stop()
         after = self._counters()
-        load_cpus = self.placement.cpus("load")
-        if load_cpus is not None:  # pinned: wrk + backends own the load CPUs
-            load_bound = cpu["load"] >= 90 * len(load_cpus)
-        else:  # unpinned: everything shares the machine
-            load_bound = sum(cpu.values()) >= 90 * len(os.sched_getaffinity(0))
+        load_bound = is_load_bound(cpu, placement)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("FPB-JSON ")), None)
         if r.returncode != 0 or line is None:
             raise BenchError(f"wrk failed ({r.returncode}): {' '.join(argv)}\n{r.stdout}{r.stderr}")
@@ -206,4 +230,105 @@ def idle_connections(procs: Processes, placement: Placement, port: int, proxy_pi
         connections=count, failed=opened["failed"], closed_early=final.get("closed_early", -1),
         rss_before=rss_before, rss_idle=rss_idle,
         rss_after_close=rss_bytes(process_tree(proxy_pid)), open_seconds=open_seconds,
+    )
+
+
+# --------------------------------------------------------------------------
+# fpbload: every request accounted for; TLS without session resumption
+# --------------------------------------------------------------------------
+
+FPBLOAD_SRC = Path(__file__).with_name("fpbload.c")
+
+
+def build_fpbload(workdir: Path, cc: str | None = None) -> Path:
+    """Compile ``fpbload.c`` into the work directory (needs a C compiler and libssl-dev)."""
+    cc = cc or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise BenchError("no C compiler for fpbload.c (apt-get install gcc libssl-dev)")
+    out = workdir / "fpbload"
+    r = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(FPBLOAD_SRC), "-lssl", "-lcrypto", "-lm"],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise BenchError(f"cannot build fpbload (apt-get install gcc libssl-dev):\n{r.stderr[-2000:]}")
+    return out
+
+
+@dataclass
+class FpbLoad:
+    binary: Path
+    placement: Placement
+    connections: int = 50
+    timeout_ms: int = 2000
+    backend_pids: list[int] = field(default_factory=list)
+    counters: Callable[[], tuple[int, int]] | None = None
+
+    def spawn(self, procs: Processes, port: int, duration: float, *, tls: bool = False,
+              keepalive: bool = False, sni: str | None = None, rate: float = 0,
+              connections: int | None = None, name: str = "fpb-fpbload") -> Proc:
+        """Start fpbload in the background (its JSON comes on stdout)."""
+        return procs.spawn(name, self.argv(port, duration, tls=tls, keepalive=keepalive, sni=sni,
+                                           rate=rate, connections=connections),
+                           cpus=self.placement.cpus("load"), stdout_pipe=True)
+
+    def argv(self, port: int, duration: float, *, tls: bool, keepalive: bool, sni: str | None,
+             rate: float, connections: int | None) -> list[str]:
+        argv = [str(self.binary), "-h", "127.0.0.1", "-p", str(port),
+                "-c", str(connections or self.connections), "-d", f"{duration:g}",
+                "-t", str(self.timeout_ms)]
+        if tls:
+            argv.append("-s")
+        if sni:
+            argv += ["-n", sni]
+        if keepalive:
+            argv.append("-k")
+        if rate > 0:
+            argv += ["-r", f"{rate:g}"]
+        return argv
+
+    def run(self, port: int, duration: int, proxy_pid: int | None, *, tls: bool = False,
+            keepalive: bool = False, sni: str | None = None,
+            placement: Placement | None = None, connections: int | None = None) -> WrkResult:
+        """One measured run, reported like a wrk run (errors are fpbload's classes)."""
+        placement = placement or self.placement
+        argv = self.argv(port, duration, tls=tls, keepalive=keepalive, sni=sni, rate=0,
+                         connections=connections)
+        before = self._counters()
+        account = CpuAccount(proxy_pid, self.backend_pids)
+        account.start()
+        r = run_capture(argv, cpus=placement.cpus("load"), timeout=duration + 60)
+        cpu = account.stop()
+        after = self._counters()
+        try:
+            d = json.loads(r.stdout)
+        except ValueError:
+            raise BenchError(f"fpbload failed ({r.returncode}): {' '.join(argv)}\n{r.stdout[-2000:]}"
+                             f"{r.stderr[-2000:]}") from None
+        return fpb_result(d, cpu, is_load_bound(cpu, placement), before, after, r.stdout)
+
+    def _counters(self) -> tuple[int, int] | None:
+        if self.counters is None:
+            return None
+        try:
+            return self.counters()
+        except (OSError, BenchError, http.client.HTTPException):
+            return None
+
+
+def fpb_result(d: dict, cpu: dict[str, float], load_bound: bool, before: tuple[int, int] | None,
+               after: tuple[int, int] | None, raw: str) -> WrkResult:
+    secs = d["duration_s"]
+    errors = {k: int(v) for k, v in d["errors"].items() if v}
+    if d.get("resumed"):
+        errors["tls_resumed"] = int(d["resumed"])  # a resumed session is not a full handshake
+    extra = {k: d[k] for k in ("handshakes", "resumed", "tls_version", "tls_cipher", "tls_group",
+                               "tls_server_key", "tls_alpn", "max_gap_ms", "cpu_s") if k in d}
+    return WrkResult(
+        requests=int(d["requests"]), duration=secs, bytes=0,
+        rps=d["requests"] / secs, ok_rps=d["ok"] / secs,
+        p50_ms=d["p50_us"] / 1e3, p90_ms=d["p90_us"] / 1e3, p99_ms=d["p99_us"] / 1e3,
+        max_ms=d["p999_us"] / 1e3, errors=errors, cpu_pct=cpu["proxy"],
+        load_cpu_pct=cpu["load"], other_cpu_pct=cpu["other"], load_bound=load_bound,
+        server_conns=after[0] - before[0] if before and after else -1,
+        server_requests=after[1] - before[1] if before and after else -1,
+        extra=extra, raw=raw,
     )

@@ -4,20 +4,41 @@ Every proxy gets the same model: frontends (an HTTP one and, where supported,
 a TCP one, each on its own free port of 127.0.0.1) in front of the same two
 backends, round robin, ``X-Forwarded-For`` appended, the same timeouts and
 limits, no logging.  A :class:`ProxyKind` renders its configuration from a
-:class:`Topology` and starts one instance; new proxies or frontends (TLS, more
-workers) are added here without touching the scenarios.
+:class:`Topology` and starts one instance; new proxies or frontends are added
+here without touching the scenarios.
+
+Frontends by name: ``http``, ``tcp``, ``https-ecdsa`` and ``https-rsa`` (TLS
+termination with the run's certificate of that key type, in front of the same
+HTTP backend) and ``health`` (a backend of many servers with active checks,
+:class:`HealthSpec`).  :class:`Settings` decide the process model
+(``threads``: HAProxy ``nbthread`` / fleetproxy ``global.workers``), control
+sockets (``admin_sockets``) and seamless reloads (``reloadable``: HAProxy in
+master-worker mode with its listeners passed to the new worker; fleetproxy
+with its admin socket), and :meth:`ProxyKind.reload` reloads either the way
+its documentation says.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import BenchError, Placement, Proc, Processes, free_ports, wait_port
+from harness import (
+    BenchError,
+    Placement,
+    Proc,
+    Processes,
+    free_ports,
+    unix_command,
+    unix_http,
+    wait_port,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -36,14 +57,39 @@ class Settings:
     queue_timeout: str = "5s"
     retries: int = 3
     nofile: int = 20000  # the file-descriptor limit the proxies run with
+    admin_sockets: bool = False  # HAProxy stats socket / fleetproxy admin + runtime sockets
+    reloadable: bool = False  # HAProxy master-worker (-W -S, expose-fd listeners); fleetproxy admin socket
+    hard_stop_after: str = "30s"  # fleetproxy's default; HAProxy gets the same
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """A backend of ``servers`` servers, each checked every ``inter``."""
+
+    servers: int = 1000
+    inter: str = "2s"
+    http: bool = False  # HTTP checks (GET / with a Host header) instead of TCP connects
+    target: int = 0  # index into Topology.backends: the address every server points at
+
+
+TLS_FRONTENDS = ("https-ecdsa", "https-rsa")
+CHECK_HOST = "fpb-check"
 
 
 @dataclass
 class Topology:
-    """Where the backends are; which frontends (by mode) a proxy should expose."""
+    """Where the backends are; which frontends a proxy should expose."""
 
     backends: list[str]
-    frontends: tuple[str, ...] = ("http", "tcp")  # later: "https", ...
+    frontends: tuple[str, ...] = ("http", "tcp")  # also "https-ecdsa", "https-rsa", "health"
+    certs: dict[str, Path] = field(default_factory=dict)  # TLS frontend -> PEM (certificate + key)
+    health: HealthSpec | None = None
+
+    def cert(self, frontend: str) -> Path:
+        try:
+            return self.certs[frontend]
+        except KeyError:
+            raise BenchError(f"no certificate for frontend {frontend}") from None
 
 
 @dataclass
@@ -54,6 +100,7 @@ class Instance:
     proc: Proc
     ports: dict[str, int]
     config: Path
+    workdir: Path
 
     @property
     def name(self) -> str:
@@ -64,14 +111,48 @@ class Instance:
         return self.proc.pid
 
     def url(self, frontend: str, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.ports[frontend]}{path}"
+        scheme = "https" if frontend in TLS_FRONTENDS else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[frontend]}{path}"
+
+    @property
+    def stats_socket(self) -> Path:
+        """The socket that answers HAProxy's ``show stat`` (fleetproxy: its runtime socket)."""
+        return self.workdir / "stats.sock"
+
+    @property
+    def control_socket(self) -> Path:
+        """HAProxy: the master CLI (``-S``); fleetproxy: the JSON admin socket."""
+        return self.workdir / "control.sock"
+
+    def reload(self, timeout: float = 30.0) -> float:
+        """Reload with the same file, the documented way; returns the seconds it took."""
+        return self.kind.reload(self, timeout)
+
+    def server_states(self, backend: str) -> dict[str, str]:
+        """``show stat``: server name -> status (UP, DOWN, ...) in ``backend``."""
+        text = unix_command(self.stats_socket, "show stat")
+        lines = text.strip().splitlines()
+        if not lines or not lines[0].startswith("# "):
+            raise BenchError(f"{self.name}: unexpected 'show stat' answer {text[:200]!r}")
+        cols = lines[0][2:].split(",")
+        px, sv, st = cols.index("pxname"), cols.index("svname"), cols.index("status")
+        out = {}
+        for line in lines[1:]:
+            f = line.split(",")
+            if len(f) > st and f[px] == backend and f[sv] not in ("FRONTEND", "BACKEND"):
+                out[f[sv]] = f[st]
+        return out
 
 
 @dataclass
 class ProxyKind:
     name: str
-    frontends: tuple[str, ...] = ("http", "tcp")
+    frontends: tuple[str, ...] = ("http", "tcp", *TLS_FRONTENDS, "health")
     settings: Settings = field(default_factory=Settings)
+
+    # TCP health checks that stop at SYN, SYN-ACK, RST: the server never accepts them,
+    # so they cannot be counted at the server.
+    half_open_tcp_checks = False
 
     def supports(self, frontend: str) -> bool:
         return frontend in self.frontends
@@ -89,6 +170,9 @@ class ProxyKind:
     def argv(self, config: Path) -> list[str]:
         raise NotImplementedError
 
+    def reload(self, inst: Instance, timeout: float) -> float:
+        raise BenchError(f"{self.name} cannot reload")
+
     def start(self, procs: Processes, placement: Placement, topo: Topology, tag: str = "") -> Instance:
         wanted = [f for f in topo.frontends if self.supports(f)]
         ports = dict(zip(wanted, free_ports(len(wanted)), strict=True))
@@ -102,7 +186,7 @@ class ProxyKind:
                 wait_port(port, proc=proc.popen, timeout=20)
         except BenchError as exc:
             raise BenchError(f"{self.name} did not start: {exc}\n{proc.tail()}") from None
-        return Instance(self, proc, ports, config)
+        return Instance(self, proc, ports, config, d)
 
 
 # --------------------------------------------------------------------------
@@ -113,6 +197,7 @@ class ProxyKind:
 @dataclass
 class HAProxy(ProxyKind):
     binary: str = "/usr/sbin/haproxy"
+    half_open_tcp_checks = True
 
     def available(self) -> str | None:
         return None if Path(self.binary).exists() else f"{self.binary} not found (apt-get install haproxy)"
@@ -129,6 +214,14 @@ class HAProxy(ProxyKind):
         limits = "" if s.nofile >= 2 * s.maxconn + 300 else (
             "    # RLIMIT_NOFILE is below 2 x maxconn here; idle clients need one fd each.\n"
             "    no strict-limits\n")
+        sockets = ""
+        if s.admin_sockets or s.reloadable:
+            expose = " expose-fd listeners" if s.reloadable else ""
+            sockets = f"    stats socket {workdir / 'stats.sock'} mode 600 level admin{expose}\n"
+        if s.reloadable:
+            sockets += ("    # master-worker mode (-W -S on the command line): a reload passes the\n"
+                        "    # listening sockets to the new worker through the stats socket above\n"
+                        f"    hard-stop-after {s.hard_stop_after}\n")
         servers = "".join(f"    server b{i} {addr}\n" for i, addr in enumerate(topo.backends, 1))
         text = (
             "# Generated by proxy/bench: HAProxy equivalent of the fleetproxy config.\n"
@@ -136,6 +229,7 @@ class HAProxy(ProxyKind):
             f"    nbthread {s.threads}\n"
             f"    maxconn {s.maxconn}\n"
             f"{limits}"
+            f"{sockets}"
             "    # no 'log' line: nothing is logged\n"
             "defaults\n"
             "    mode http\n"
@@ -150,16 +244,36 @@ class HAProxy(ProxyKind):
             "    option redispatch\n"
             "    # http-reuse safe is the default\n"
         )
-        if "http" in ports:
+        http_fronts = [f for f in ("http", *TLS_FRONTENDS) if f in ports]
+        for fe in http_fronts:
+            bind = f"127.0.0.1:{ports[fe]}"
+            proto = "http"
+            if fe in TLS_FRONTENDS:
+                # fleetproxy's defaults: ALPN http/1.1, TLS 1.2 minimum
+                bind += f" ssl crt {topo.cert(fe)} alpn http/1.1 ssl-min-ver TLSv1.2"
+                proto = "https"
             text += (
-                "frontend fpb_http\n"
-                f"    bind 127.0.0.1:{ports['http']}\n"
+                f"frontend fpb_{fe.replace('-', '_')}\n"
+                f"    bind {bind}\n"
                 "    option forwardfor\n"
                 "    # fleetproxy always sets X-Forwarded-Proto; do the same work here\n"
-                "    http-request set-header X-Forwarded-Proto http\n"
-                "    default_backend fpb_http_back\n"
+                f"    http-request set-header X-Forwarded-Proto {proto}\n"
+                f"    default_backend fpb_{proto}_back\n"
+            )
+        if "http" in ports:
+            text += (
                 "backend fpb_http_back\n"
                 "    balance roundrobin\n"
+                f"{servers}"
+            )
+        if any(fe in ports for fe in TLS_FRONTENDS):
+            text += (
+                "backend fpb_https_back\n"
+                "    balance roundrobin\n"
+                "    # The TLS scenarios compare TLS costs: with the default 'http-reuse safe' the\n"
+                "    # first request of every client connection (each one in the handshake\n"
+                "    # scenarios) would get a new server connection; fleetproxy reuses its pool.\n"
+                "    http-reuse always\n"
                 f"{servers}"
             )
         if "tcp" in ports:
@@ -173,6 +287,25 @@ class HAProxy(ProxyKind):
                 "    balance roundrobin\n"
                 f"{servers}"
             )
+        if "health" in ports:
+            h = topo.health or HealthSpec()
+            addr = topo.backends[h.target]
+            check = ""
+            if h.http:
+                check = ("    option httpchk\n"
+                         "    # the request fleetproxy's httpchk sends; 2xx and 3xx pass (both defaults)\n"
+                         f"    http-check send meth GET uri / ver HTTP/1.1 hdr Host {CHECK_HOST}\n")
+            text += (
+                "frontend fpb_health\n"
+                f"    bind 127.0.0.1:{ports['health']}\n"
+                "    default_backend fpb_health_back\n"
+                "backend fpb_health_back\n"
+                "    balance roundrobin\n"
+                f"{check}"
+                "    # no 'timeout check': the check timeout is 'inter', as in fleetproxy\n"
+                f"    default-server check inter {h.inter} rise 2 fall 3\n"
+                + "".join(f"    server s{i:04d} {addr}\n" for i in range(1, h.servers + 1))
+            )
         path = workdir / "haproxy.cfg"
         path.write_text(text)
         check = subprocess.run([self.binary, "-c", "-q", "-f", str(path)],
@@ -182,7 +315,45 @@ class HAProxy(ProxyKind):
         return path
 
     def argv(self, config: Path) -> list[str]:
+        if self.settings.reloadable:
+            return [self.binary, "-W", "-db", "-S", str(config.parent / "control.sock"), "-f", str(config)]
         return [self.binary, "-db", "-f", str(config)]
+
+    def reload(self, inst: Instance, timeout: float) -> float:
+        """The master CLI's ``reload`` (what ``systemctl reload`` and SIGUSR2 do); done when
+        the master counts one more reload and a new worker is the current one."""
+        t0 = time.monotonic()
+        before = self._procs(inst)
+        unix_command(inst.control_socket, "reload", timeout=timeout)
+        while True:
+            try:
+                now = self._procs(inst)
+            except (OSError, BenchError):
+                now = None  # the master re-executes itself: its CLI is briefly away
+            if now is not None:
+                if now["failed"] > before["failed"]:
+                    raise BenchError(f"haproxy reload failed:\n{inst.proc.tail()}")
+                if now["reloads"] > before["reloads"] and now["workers"] and \
+                        not set(now["workers"]) & set(before["workers"]):
+                    return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise BenchError(f"haproxy reload did not complete in {timeout:.0f} s:\n{inst.proc.tail()}")
+            time.sleep(0.02)
+
+    @staticmethod
+    def _procs(inst: Instance) -> dict:
+        """``show proc`` on the master CLI: its reload and failure counts, current workers."""
+        text = unix_command(inst.control_socket, "show proc", timeout=5)
+        m = re.search(r"^\d+\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]", text, re.M)
+        if m is None:
+            raise BenchError(f"unexpected 'show proc' answer {text[:300]!r}")
+        section, workers = "", []
+        for line in text.splitlines():
+            if line.startswith("#"):
+                section = line
+            elif section == "# workers" and line.split()[1:2] == ["worker"]:
+                workers.append(int(line.split()[0]))
+        return {"reloads": int(m.group(1)), "failed": int(m.group(2)), "workers": workers}
 
 
 # --------------------------------------------------------------------------
@@ -223,12 +394,18 @@ class Fleetproxy(ProxyKind):
         s = self.settings
         servers = "".join(
             f"      - {{name: b{i}, address: \"{addr}\"}}\n" for i, addr in enumerate(topo.backends, 1))
+        admin = ""
+        if s.admin_sockets or s.reloadable:
+            admin = (f"  admin: {{socket: \"{workdir / 'control.sock'}\", "
+                     f"runtime_socket: \"{workdir / 'stats.sock'}\"}}\n")
         text = (
             "# Generated by proxy/bench: fleetproxy equivalent of the HAProxy config.\n"
             "global:\n"
             f"  maxconn: {s.maxconn}\n"
             f"  workers: {s.threads}\n"
+            f"  hard_stop_after: {s.hard_stop_after}\n"
             "  log: {access: none}\n"
+            f"{admin}"
             "defaults:\n"
             "  mode: http\n"
             f"  maxconn: {s.maxconn}\n"
@@ -241,21 +418,47 @@ class Fleetproxy(ProxyKind):
             "frontends:\n"
         )
         backends = "backends:\n"
-        for mode in ("http", "tcp"):
-            if mode not in ports:
+        for fe in ("http", *TLS_FRONTENDS, "tcp"):
+            if fe not in ports:
                 continue
+            mode = "tcp" if fe == "tcp" else "http"
+            bind = f"\"127.0.0.1:{ports[fe]}\""
+            if fe in TLS_FRONTENDS:
+                # defaults: ALPN http/1.1, TLS 1.2 minimum, tickets rotated hourly
+                bind = f"{{address: {bind}, tls: {{certificates: [\"{topo.cert(fe)}\"]}}}}"
             text += (
-                f"  - name: fpb_{mode}\n"
+                f"  - name: fpb_{fe.replace('-', '_')}\n"
                 f"    mode: {mode}\n"
-                f"    bind: [\"127.0.0.1:{ports[mode]}\"]\n"
+                f"    bind: [{bind}]\n"
                 f"    default_backend: fpb_{mode}_back\n"
             )
+        for mode in ("http", "tcp"):
+            if not any(("tcp" if fe == "tcp" else "http") == mode for fe in ports if fe != "health"):
+                continue
             backends += (
                 f"  - name: fpb_{mode}_back\n"
                 f"    mode: {mode}\n"
                 "    balance: roundrobin\n"
                 "    servers:\n"
                 f"{servers}"
+            )
+        if "health" in ports:
+            h = topo.health or HealthSpec()
+            addr = topo.backends[h.target]
+            text += (
+                "  - name: fpb_health\n"
+                "    mode: http\n"
+                f"    bind: [\"127.0.0.1:{ports['health']}\"]\n"
+                "    default_backend: fpb_health_back\n"
+            )
+            backends += (
+                "  - name: fpb_health_back\n"
+                "    mode: http\n"
+                "    balance: roundrobin\n"
+                + (f"    httpchk: {{method: GET, path: /, host: {CHECK_HOST}}}\n" if h.http else "")
+                + f"    default_server: {{check: true, inter: {h.inter}, rise: 2, fall: 3}}\n"
+                "    servers:\n"
+                + "".join(f"      - {{name: s{i:04d}, address: \"{addr}\"}}\n" for i in range(1, h.servers + 1))
             )
         path = workdir / "fleetproxy.yml"
         path.write_text(text + backends)
@@ -267,6 +470,19 @@ class Fleetproxy(ProxyKind):
 
     def argv(self, config: Path) -> list[str]:
         return [*self.command(), "run", "-c", str(config)]
+
+    def reload(self, inst: Instance, timeout: float) -> float:
+        """``POST /v1/reload`` on the admin socket: what ``fleetproxy reload`` does (without
+        starting an interpreter); it answers once the new workers accept."""
+        t0 = time.monotonic()
+        status, body = unix_http(inst.control_socket, "POST", "/v1/reload", timeout=timeout)
+        if status != 200:
+            raise BenchError(f"fleetproxy reload answered {status}: {body[:500]!r}")
+        try:
+            json.loads(body)
+        except ValueError:
+            raise BenchError(f"fleetproxy reload: unexpected answer {body[:300]!r}") from None
+        return time.monotonic() - t0
 
 
 # --------------------------------------------------------------------------

@@ -21,7 +21,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certs import KEY_TYPES
 from loadgen import IdleResult, WrkResult
+from ops import HealthResult, ReloadResult
 from proxies import REFERENCE, SUBJECT
 from scenarios import Scenario
 
@@ -116,6 +118,21 @@ class Row:
     def p99_ratio(self) -> float:
         return self._paired("p99_ms")
 
+    @property
+    def ref_load_bound(self) -> bool:
+        """The reference ran out of load-generator CPU in most rounds."""
+        if not self.ref:
+            return False
+        return sum(r.load_bound for r in self.ref.values()) * 2 > len(self.ref)
+
+    @property
+    def resumed(self) -> int:
+        return sum(int(r.extra.get("resumed", 0)) for r in self.runs.values())
+
+    @property
+    def handshakes(self) -> int:
+        return sum(int(r.extra.get("handshakes", 0)) for r in self.runs.values())
+
     def checks(self) -> list[Check]:
         """Every target that applies; only the subject has targets."""
         if self.proxy != SUBJECT:
@@ -123,11 +140,19 @@ class Row:
         s = self.scenario
         out = []
         if s.min_ratio is not None:
-            out.append(Check(f"req/s >= {s.min_ratio:g} x HAProxy", f"{fmt_ratio(self.ratio)} x",
-                             self.ratio >= s.min_ratio))
+            if s.capacity_when_load_bound and self.ref_load_bound:
+                out.append(Check(f"{s.unit} per CPU-second >= {s.min_ratio:g} x HAProxy (HAProxy was "
+                                 f"load-bound; {s.unit} ratio {fmt_ratio(self.ratio)})",
+                                 f"{fmt_ratio(self.per_core_ratio)} x", self.per_core_ratio >= s.min_ratio))
+            else:
+                out.append(Check(f"{s.unit} >= {s.min_ratio:g} x HAProxy", f"{fmt_ratio(self.ratio)} x",
+                                 self.ratio >= s.min_ratio))
         if s.max_p99_ratio is not None:
             out.append(Check(f"p99 <= {s.max_p99_ratio:g} x HAProxy", f"{fmt_ratio(self.p99_ratio)} x",
                              self.p99_ratio <= s.max_p99_ratio))
+        if s.kind == "conn" and s.tls:
+            out.append(Check("no resumed TLS session", f"{self.resumed} of {self.handshakes:,} handshakes",
+                             self.resumed == 0 and self.handshakes > 0))
         out.append(Check("no errors", fmt_errors(self.errors), self.error_total == 0))
         if self.verify_problems:
             out.append(Check("forwards correctly", "; ".join(self.verify_problems), False))
@@ -183,6 +208,78 @@ class IdleRow:
         return verdict(self.checks())
 
 
+@dataclass
+class ReloadRow:
+    scenario: Scenario
+    proxy: str
+    result: ReloadResult | None  # None: the run itself failed (see problems)
+    ref: ReloadResult | None
+    problems: list[str] = field(default_factory=list)
+
+    def checks(self) -> list[Check]:
+        s = self.scenario
+        if self.proxy != SUBJECT or s.max_failed is None:
+            return []
+        r = self.result
+        if r is None:
+            return [Check("the reload run completes", "; ".join(self.problems) or "no result", False)]
+        out = [
+            Check(f"every one of {r.reloads} reloads succeeds", f"{r.reloads_ok}/{r.reloads}",
+                  r.reloads_ok == r.reloads and not r.errors),
+            Check(f"<= {s.max_failed} failed requests (resets included)",
+                  fmt_errors(r.errors_by_kind), r.failed <= s.max_failed),
+        ]
+        if r.reloads != s.reloads:
+            out.append(Check(f"{s.reloads} reloads (the issue's number)", f"{r.reloads} (--reloads)", False))
+        return out
+
+    def verdict(self) -> str:
+        if self.proxy == REFERENCE:
+            if self.result is None:
+                return "reference (FAILED: " + "; ".join(self.problems) + ")"
+            return "reference"
+        return verdict(self.checks())
+
+
+@dataclass
+class HealthRow:
+    scenario: Scenario
+    proxy: str
+    result: HealthResult | None
+    ref: HealthResult | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        if self.ref is None or self.result is None:
+            return 1.0 if self.result is not None else float("nan")
+        return self.result.cpu_master_total / self.ref.cpu_master_total if self.ref.cpu_master_total > 0 \
+            else float("nan")
+
+    def checks(self) -> list[Check]:
+        s = self.scenario
+        if self.proxy != SUBJECT or s.max_cpu_pct is None:
+            return []
+        r = self.result
+        if r is None:
+            return [Check("the health run completes", "; ".join(self.problems) or "no result", False)]
+        return [
+            Check(f"master CPU < {s.max_cpu_pct:g}% of a core", f"{r.cpu_master_total:.1f}%",
+                  r.cpu_master_total < s.max_cpu_pct),
+            Check(f"every server UP ({r.servers})", f"{r.servers - r.not_up} UP", r.not_up == 0),
+            Check(f"checks at the set rate ({r.expected_checks_per_s:.0f}/s +-20%)",
+                  f"{r.checks_per_s:.0f}/s" if r.checks_observable else "not countable", r.rate_ok),
+        ]
+
+    def verdict(self) -> str:
+        if self.proxy == REFERENCE:
+            if self.result is None:
+                return "reference (FAILED: " + "; ".join(self.problems) + ")"
+            bad = self.result.not_up or not self.result.rate_ok
+            return "reference" + (" (not every server UP, or checks off the set rate)" if bad else "")
+        return verdict(self.checks())
+
+
 @dataclass(frozen=True)
 class Check:
     target: str
@@ -225,7 +322,8 @@ def fmt_errors(errors: dict[str, int]) -> str:
 # --------------------------------------------------------------------------
 
 
-def console_table(rows: list[Row], idle: list[IdleRow]) -> str:
+def console_table(rows: list[Row], idle: list[IdleRow], reloads: list[ReloadRow] | None = None,
+                  health: list[HealthRow] | None = None) -> str:
     lines = []
     head = (f"{'proxy':<11} {'req/s':>9} {'min-max':>17} {'p50 ms':>7} {'p99 ms':>7} {'CPU%':>5} {'other':>5} {'c/1k':>5} "
             f"{'ratio':>6} {'p99 x':>6} {'eff x':>6}  {'errors':<8} result")
@@ -239,6 +337,8 @@ def console_table(rows: list[Row], idle: list[IdleRow]) -> str:
         for r in group:
             lo, hi = r.rps_range
             extra = f"  {r.mib_s:,.0f} MiB/s" if s.path != "/" else ""
+            if s.kind == "conn" and s.tls:
+                extra += f"  (resumed {r.resumed} of {r.handshakes:,})"
             lines.append(
                 f"{r.proxy:<11} {fmt_num(r.rps):>9} {fmt_num(lo) + '-' + fmt_num(hi):>17} "
                 f"{fmt_ms(r.p50):>7} {fmt_ms(r.p99):>7} {r.cpu:>5.0f} {r.other_cpu:>5.0f} {fmt_c1k(r.conns_per_1k):>5} {fmt_ratio(r.ratio):>6} "
@@ -255,7 +355,43 @@ def console_table(rows: list[Row], idle: list[IdleRow]) -> str:
             f"{row.proxy:<11} {r.connections:>6} {r.failed:>6} {r.closed_early:>6} "
             f"{r.rss_before / 2**20:>9.1f}Mi {r.rss_idle / 2**20:>8.1f}Mi {r.bytes_per_conn / 1024:>9.2f} "
             f"{fmt_ratio(row.ratio):>6}  {row.verdict()}")
+    last = None
+    for rr in reloads or []:
+        s = rr.scenario
+        if s.key != last:
+            last = s.key
+            lines.append(f"\n== {s.title} [{s.key}]   targets: {s.targets()}")
+            lines.append(f"{'proxy':<11} {'reloads':>7} {'median s':>8} {'req/s':>8} {'ok':>9} {'failed':>6} "
+                         f"{'reloads w/ fail':>15} {'gap ms':>7}  {'errors':<24} result")
+        r = rr.result
+        if r is None:
+            lines.append(f"{rr.proxy:<11} run failed: {'; '.join(rr.problems)}")
+            continue
+        lines.append(
+            f"{rr.proxy:<11} {f'{r.reloads_ok}/{r.reloads}':>7} {fmt_s(r.done):>8} {r.ok_rate:>8,.0f} {r.ok:>9,} "
+            f"{r.failed:>6} {r.reloads_with_failures:>15} {r.max_gap_ms:>7.0f}  "
+            f"{fmt_errors(r.errors_by_kind):<24} {rr.verdict()}")
+    last = None
+    for hr in health or []:
+        s = hr.scenario
+        if s.key != last:
+            last = s.key
+            lines.append(f"\n== {s.title} [{s.key}]   targets: {s.targets()}")
+            lines.append(f"{'proxy':<11} {'servers UP':>10} {'checks/s':>8} {'master CPU%':>11} {'tree CPU%':>9} "
+                         f"{'ratio':>6}  result")
+        r = hr.result
+        if r is None:
+            lines.append(f"{hr.proxy:<11} run failed: {'; '.join(hr.problems)}")
+            continue
+        rate = f"{r.checks_per_s:.0f}" if r.checks_observable else "n/a"
+        lines.append(
+            f"{hr.proxy:<11} {f'{r.servers - r.not_up}/{r.servers}':>10} {rate:>8} "
+            f"{r.cpu_master_total:>11.2f} {r.cpu_tree:>9.2f} {fmt_ratio(hr.ratio):>6}  {hr.verdict()}")
     return "\n".join(lines)
+
+
+def fmt_s(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "n/a"
 
 
 # --------------------------------------------------------------------------
@@ -331,7 +467,9 @@ def loadavg() -> str:
 
 def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta: dict[str, str],
              placement: str, command: str, note: str | None, profile_md: str | None,
-             rounds_table: str, configs: dict[str, str]) -> str:
+             rounds_table: str, configs: dict[str, str], reloads: list[ReloadRow] | None = None,
+             health: list[HealthRow] | None = None) -> str:
+    reloads, health = reloads or [], health or []
     now = meta["date"]
     out = [f"# fleetproxy benchmark results ({now})", ""]
     if note:
@@ -342,7 +480,7 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
 
     out += ["## Targets (fleetproxy vs HAProxy in the same run)", "",
             "| Scenario | Target | Measured | Result |", "|---|---|---|---|"]
-    for r in [*rows, *idle]:
+    for r in [*rows, *idle, *reloads, *health]:
         for c in r.checks():
             out.append(f"| {r.scenario.key} | {c.target} | {c.measured} | {'pass' if c.ok else '**FAIL**'} |")
     out.append("")
@@ -364,11 +502,124 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
     for r in rows:
         lo, hi = r.rps_range
         rps = fmt_num(r.rps) + (f" ({r.mib_s:,.0f} MiB/s)" if r.scenario.path != "/" else "")
+        if r.scenario.unit != "req/s":
+            rps += f" {r.scenario.unit}"
         out.append(
             f"| {r.scenario.key} | {r.proxy} | {rps} | {fmt_num(lo)}-{fmt_num(hi)} | {fmt_ms(r.p50)} | "
             f"{fmt_ms(r.p99)} | {r.cpu:.0f} | {r.other_cpu:.0f} | {fmt_c1k(r.conns_per_1k)} | {fmt_ratio(r.ratio)} | {fmt_ratio(r.p99_ratio)} | "
             f"{fmt_ratio(r.per_core_ratio)} | {fmt_errors(r.errors)} | {r.verdict()} |")
     out.append("")
+
+    two = [r for r in rows if r.scenario.variant == "2w"]
+    if two:
+        out += ["### 2 workers vs 2 threads", "",
+                f"CPU placement for these rows: {meta.get('placement_2w', '?')}. On a 2-core machine a proxy "
+                "with two workers or threads cannot have two cores to itself, so the proxy, wrk (2 threads, "
+                "100 connections) and both nginx backends share both cores, the same for both proxies: req/s "
+                "is what the whole machine delivers through each proxy, which depends on how much CPU the proxy "
+                "spends per request (*eff x*). *CPU %* is the proxy's process tree, up to 200. Scaling from "
+                "1 to 2 (same run, different placement, so indicative only):", ""]
+        for r in two:
+            base = next((b for b in rows if b.proxy == r.proxy and b.scenario.key == "http-keepalive"), None)
+            scale = f"{r.rps / base.rps:.2f} x its 1-worker/1-thread req/s" if base and base.rps > 0 else "n/a"
+            spread = [x.extra.get("busiest_threads_pct") for x in r.runs.values() if x.extra.get("busiest_threads_pct")]
+            how = ""
+            if spread:
+                how = ("; CPU % of its busiest threads, per round (how the load spread over the "
+                       f"{'threads' if r.proxy == REFERENCE else 'worker processes'}): "
+                       + ", ".join("/".join(f"{v:.0f}" for v in sp) for sp in spread))
+            out.append(f"- {r.proxy}: {fmt_num(r.rps)} req/s at {r.cpu:.0f}% CPU; {scale}{how}")
+        out.append("")
+
+    tls_conn = [r for r in rows if r.scenario.kind == "conn" and r.scenario.tls]
+    if tls_conn:
+        out += ["### TLS handshakes", "",
+                "Full handshakes only: the client (`fpbload`, OpenSSL) has no session cache, sends no "
+                "ticket and never sets a session, and checks `SSL_session_reused()` after every handshake "
+                "(*resumed* must be 0). Each connection sends one `GET /` with `Connection: close` and reads "
+                "the complete answer. Both proxies serve the same certificate (checked before the rounds "
+                "against the run's certificate). Negotiated with each proxy (first handshake of the last round):",
+                "",
+                "| Scenario | Proxy | certificate | version | cipher | group | server key | ALPN | handshakes | resumed |",
+                "|---|---|---|---|---|---|---|---|--:|--:|"]
+        for r in tls_conn:
+            x = r.runs[max(r.runs)].extra
+            cert = KEY_TYPES.get(r.scenario.frontend.removeprefix("https-"), "?")
+            out.append(f"| {r.scenario.key} | {r.proxy} | {cert} | {x.get('tls_version', '?')} | "
+                       f"{x.get('tls_cipher', '?')} | {x.get('tls_group', '?')} | {x.get('tls_server_key', '?')} | "
+                       f"{x.get('tls_alpn') or '-'} | {r.handshakes:,} | {r.resumed} |")
+        out += ["", "Client and server each do an ECDHE exchange; the client also verifies the server's "
+                "signature, which for ECDSA P-256 costs more than the server's signing. With one CPU for the "
+                "load generator, HAProxy's handshake rate is then bounded by the client (LOAD-BOUND): the "
+                "target is checked on handshakes per proxy CPU-second (*eff x*) in that case.", ""]
+
+    if reloads:
+        out += ["## Reloads under load", "",
+                f"Each proxy is started fresh in its reloadable form and driven by `fpbload` ({meta.get('reloads', '?')}); "
+                "HAProxy runs in master-worker mode (`-W -S`) with `expose-fd listeners` on its stats socket "
+                "(the new worker takes over the listening sockets) and `hard-stop-after 30s`, and is reloaded "
+                "with the master CLI's `reload` (what `systemctl reload` does); fleetproxy is reloaded with "
+                "`POST /v1/reload` on its admin socket (what `fleetproxy reload` does), which answers once the "
+                "new workers accept. A reload counts as done when the new worker serves (HAProxy: `show proc` "
+                "lists a new worker and one more reload). Every request is accounted for: *failed* counts requests "
+                "without a complete 200 answer, by class (reset = ECONNRESET, eof_before_response = closed "
+                "before any byte of the answer, eof_reused = the same on a keep-alive connection that had "
+                "served requests, connect_refused, timeout, ...). *reloads w/ failures* counts reloads followed "
+                "by at least one failure before the next reload; *gap* is the longest time without any "
+                "completed request.", "",
+                "| Scenario | Proxy | reloads ok | reload s (median, max) | req/s | ok | failed | failures by class | "
+                "reloads w/ failures | longest gap ms | result |",
+                "|---|---|--:|--:|--:|--:|--:|---|--:|--:|---|"]
+        for rr in reloads:
+            r = rr.result
+            if r is None:
+                out.append(f"| {rr.scenario.key} | {rr.proxy} | run failed: {'; '.join(rr.problems)} "
+                           "| | | | | | | | |")
+                continue
+            mx = f"{max(r.done):.2f}" if r.done else "n/a"
+            out.append(
+                f"| {rr.scenario.key} | {rr.proxy} | {r.reloads_ok}/{r.reloads} | {fmt_s(r.done)}, {mx} | "
+                f"{r.ok_rate:,.0f} | {r.ok:,} | {r.failed} | {fmt_errors(r.errors_by_kind)} | "
+                f"{r.reloads_with_failures} | {r.max_gap_ms:.0f} | {rr.verdict()} |")
+        out.append("")
+        detail = [rr for rr in reloads if rr.result and (rr.result.failed or rr.result.errors)]
+        for rr in detail:
+            r = rr.result
+            assert r is not None
+            out.append(f"- {rr.scenario.key}, {rr.proxy}: failures per reload {r.failed_per_reload}"
+                       f" (before the first: {r.failed_before_first}); the first {len(r.first_failures)} "
+                       "failures: " + "; ".join(r.failure_offsets())
+                       + (". Reload errors: " + "; ".join(r.errors) if r.errors else ""))
+        if detail:
+            out.append("")
+
+    if health:
+        out += ["## Health checks", "",
+                f"HAProxy and fleetproxy run at the same time, each with one backend of "
+                f"{meta.get('health', '?')}, `rise 2 fall 3`, no traffic. Every server of HAProxy points at "
+                "nginx backend 1, every server of fleetproxy at nginx backend 2 (the same address under 1000 "
+                "names), so nginx's accept counter gives each proxy's real check rate. Measured after every "
+                "server is UP plus one interval; CPU from /proc over the same windows for both. TCP checks: "
+                "fleetproxy connects and closes (the server accepts: counted); HAProxy stops at SYN, SYN-ACK, "
+                "RST (half-open: the server never accepts, so its rate is not countable here and it does less "
+                "work per check). HTTP checks send `GET / HTTP/1.1` with `Host: fpb-check` (HAProxy: "
+                "`option httpchk` + `http-check send`) and need a 2xx/3xx status. fleetproxy runs its checks "
+                "in the master; *tree* adds its worker(s). The target applies to fleetproxy's master over all "
+                "windows together; *ratio* is fleetproxy's master CPU over HAProxy's.", "",
+                "| Scenario | Proxy | servers UP | UP after s | checks/s (expected) | CPU % (master) | CPU % (tree) | "
+                "ratio | result |",
+                "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+        for hr in health:
+            r = hr.result
+            if r is None:
+                out.append(f"| {hr.scenario.key} | {hr.proxy} | run failed: {'; '.join(hr.problems)} | | | | | | |")
+                continue
+            rate = f"{r.checks_per_s:.0f}" if r.checks_observable else "n/a (half-open)"
+            out.append(
+                f"| {hr.scenario.key} | {hr.proxy} | {r.servers - r.not_up}/{r.servers} | {r.up_after:.1f} | "
+                f"{rate} ({r.expected_checks_per_s:.0f}) | {r.cpu_master_total:.2f} | "
+                f"{r.cpu_tree:.2f} | {fmt_ratio(hr.ratio)} | {hr.verdict()} |")
+        out.append("")
 
     if idle:
         s = idle[0].scenario
@@ -399,7 +650,16 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
             "end of this file. nginx allows 10^6 requests per connection, so how often a proxy opens "
             "server connections is up to the proxy.",
             f"- Load: wrk, {meta['wrk']}; {meta['rounds']} round(s) x {meta['duration']} s per scenario and "
-            f"proxy after a {meta['warmup']} s warm-up; the proxy order rotates every round.",
+            f"proxy after a {meta['warmup']} s warm-up; the proxy order rotates every round. TLS handshake "
+            "rows use `proxy/bench/fpbload.c` (50 connections, a new connection and full handshake per "
+            "request) in the same rounds, since wrk resumes TLS sessions when it reconnects.",
+            "- TLS: one throw-away self-signed certificate per key type (ECDSA P-256, RSA 2048), generated for "
+            "the run with `cryptography` and given to both proxies as one PEM file (HAProxy: `bind ... ssl crt "
+            "FILE alpn http/1.1 ssl-min-ver TLSv1.2`; fleetproxy: `tls: {certificates: [FILE]}`, whose "
+            "defaults are ALPN http/1.1 and TLS 1.2 minimum). HAProxy's HTTPS frontends use a backend with "
+            "`http-reuse always`, so that, like fleetproxy, it reuses server connections for the first "
+            "request of a client connection (every request of the handshake rows); the plain HTTP rows keep "
+            "its default `safe`.",
             f"- CPU placement: {placement}. The proxy under test gets a core of its own, so what is "
             "measured is the proxy, not its competition with the load generator; all proxies get the same "
             "placement.",
@@ -407,7 +667,7 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
             "and the 1 MiB body arrives whole.",
             ""]
 
-    out += ["## Command", "", "```", command, "```", ""]
+    out += ["## Command", "", "```", command, "```", "", f"The run took {meta.get('elapsed', '?')} min.", ""]
     if configs:
         out += ["## Generated configurations", ""]
         for name, text in configs.items():
