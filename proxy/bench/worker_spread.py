@@ -100,6 +100,49 @@ def run(mode: str, wrk_args: list[str], duration: int) -> tuple[list[int], list[
     return counts, cpu, rate
 
 
+def close_under_load(migrate: str, duration: int = 4) -> tuple[int, int]:
+    """Per-worker SO_REUSEPORT sockets: one worker closes its socket (as a worker does
+    when a reload retires it) while wrk opens new connections; wrk's socket errors count
+    the connections that were queued on it.  Returns (requests, errors)."""
+    path = "/proc/sys/net/ipv4/tcp_migrate_req"
+    with open(path) as f:
+        before = f.read().strip()
+    with open(path, "w") as f:
+        f.write(migrate)
+    try:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        procs = []
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", WORKER, "-1", str(port), "1", f"/tmp/fpb-spread-close-{os.getpid()}-{i}"]))
+        time.sleep(1.0)
+        wrk = subprocess.Popen(["wrk", "-t1", "-c50", f"-d{duration}s", "-H", "Connection: close",
+                                f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)
+        time.sleep(duration / 2)
+        procs[0].send_signal(signal.SIGTERM)  # closes its listening socket and exits
+        out, _ = wrk.communicate()
+        procs[1].send_signal(signal.SIGTERM)
+        for i, p in enumerate(procs):
+            p.wait(10)
+            try:
+                os.unlink(f"/tmp/fpb-spread-close-{os.getpid()}-{i}")
+            except OSError:
+                pass
+        requests = errors = 0
+        for line in out.splitlines():
+            if " requests in " in line:
+                requests = int(line.split()[0])
+            if line.strip().startswith("Socket errors:"):
+                errors = sum(int(part.split()[-1]) for part in line.split(":", 1)[1].split(","))
+        return requests, errors
+    finally:
+        with open(path, "w") as f:
+            f.write(before)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=int, default=5)
@@ -117,6 +160,13 @@ def main() -> None:
             share = max(counts) / max(1, sum(counts))
             print(f"| {name} | {mode} | {counts[0]} / {counts[1]} | {share:.0%} | "
                   f"{cpu[0]:.2f} / {cpu[1]:.2f} | {rate:,.0f} |")
+    if os.geteuid() == 0:
+        print()
+        print("| per-worker sockets, one closed under load | requests | socket errors |")
+        print("|---|---|---|")
+        for migrate in ("0", "1"):
+            requests, errors = close_under_load(migrate, args.duration)
+            print(f"| net.ipv4.tcp_migrate_req={migrate} | {requests} | {errors} |")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,8 @@ def test_stick_on_source(proxy, backend, port, tmp_path, mode):
 def test_stick_on_source_shared_by_two_workers(proxy, backend, port, tmp_path):
     bs = [backend(f"b{i}") for i in range(1, 4)]
     cfg = http_config(port(), [server(f"s{i}", b) for i, b in enumerate(bs, 1)],
-                      backend={"stick": {"on": "source"}}, global_={"workers": 2})
+                      backend={"stick": {"on": "source"}},
+                      global_={"workers": 2, "tune": {"reuseport": True}})  # connections spread evenly
     adm = with_admin(cfg, tmp_path)
     p = proxy(cfg)
     pids = Api(adm.socket).worker_pids()

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import pytest
 import yaml
 from proxytest.client import ResponseReader, connect, request
 from proxytest.configs import http_config, server
@@ -39,12 +40,35 @@ def _reload(p, api: Api, how: str) -> None:
         assert status == 200 and body["generation"] == gen + 1, body
 
 
-def test_20_reloads_under_load_lose_nothing(proxy, backend, port, tmp_path):
+@pytest.fixture(params=["shared", "per-worker"])
+def sockets(request):
+    """One shared listening socket, or per-worker SO_REUSEPORT sockets.  The latter with
+    net.ipv4.tcp_migrate_req=1 for the test (needs root; restored afterwards): the kernel
+    then moves connections queued on a closing socket to the group's others."""
+    if request.param == "shared":
+        yield "shared"
+        return
+    path = "/proc/sys/net/ipv4/tcp_migrate_req"
+    try:
+        with open(path) as f:
+            before = f.read().strip()
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError as exc:
+        pytest.skip(f"cannot set net.ipv4.tcp_migrate_req ({exc.strerror}): per-worker sockets need it")
+    yield "per-worker"
+    with open(path, "w") as f:
+        f.write(before)
+
+
+def test_20_reloads_under_load_lose_nothing(proxy, backend, port, tmp_path, sockets):
     """20 reloads (SIGHUP, `fleetproxy reload`, POST /v1/reload in turn) with 2 workers while
-    clients on keep-alive and on new connections send requests back to back."""
+    clients on keep-alive and on new connections send requests back to back; with one shared
+    listening socket and with per-worker SO_REUSEPORT sockets."""
     workers = 2
     b1, b2 = backend("b1"), backend("b2")
-    cfg = http_config(port(), [server("s1", b1), server("s2", b2)], global_={"workers": workers})
+    cfg = http_config(port(), [server("s1", b1), server("s2", b2)],
+                      global_={"workers": workers, "tune": {"reuseport": sockets == "per-worker"}})
     adm = with_admin(cfg, tmp_path)
     p = proxy(cfg)
     api = Api(adm.socket)
@@ -65,7 +89,9 @@ def test_20_reloads_under_load_lose_nothing(proxy, backend, port, tmp_path):
     stats = load.stats
     info = api.info()
     assert info["reloads"] == reloads and info["generation"] == reloads + 1
-    print(f"\n{reloads} reloads, workers={workers}, {elapsed:.1f}s: {stats.summary()}")
+    print(f"\n{reloads} reloads, workers={workers}, {sockets} sockets, {elapsed:.1f}s: {stats.summary()}")
+    if sockets == "per-worker":
+        assert "per-worker (SO_REUSEPORT) listening sockets" in p.stderr()
     assert stats.failed == 0 and stats.resets == 0, stats.summary()
     assert stats.ok > 1000, stats.summary()
     # Idle keep-alive connections are closed at each reload (HAProxy does the same): a request

@@ -325,6 +325,7 @@ class Tune(_Model):
     max_header_size: int = Field(default=32768, ge=256, le=1 << 22)
     max_headers: int = Field(default=100, ge=1, le=10000)
     pool_idle_timeout: Duration = 10.0
+    reuseport: bool | Literal["auto"] = "auto"
 
 
 class AdminConfig(_Model):

@@ -126,6 +126,7 @@ class Master:
         self.workers: list[WorkerHandle] = []
         self.generation = 0
         self.nworkers = resolve_workers(cfg.global_.workers)
+        self.reuseport = self._reuseport_mode(cfg)
         self.runtime = Runtime(cfg, self.loop.time())
         self.added: dict[str, dict[str, Any]] = {}
         self.deleted: dict[str, dict[str, str]] = {}
@@ -158,8 +159,9 @@ class Master:
             for bind in fe.bind:
                 log.info("frontend %s (%s) listening on %s%s", fe.name, fe.mode, bind.address,
                          " (tls)" if bind.tls is not None else "")
-        log.info("started %d worker(s) (pids %s)", len(self._current()),
-                 ", ".join(str(w.pid) for w in self._current()))
+        log.info("started %d worker(s) (pids %s), %s listening sockets", len(self._current()),
+                 ", ".join(str(w.pid) for w in self._current()),
+                 "per-worker (SO_REUSEPORT)" if self.reuseport else "shared")
 
     async def stop(self) -> None:
         self.stopping = True
@@ -182,18 +184,47 @@ class Master:
         return [w for w in self.workers if w.generation == self.generation and not w.stopping]
 
     # -- listeners and workers ----------------------------------------------------------
-    def _bind(self, cfg: Config) -> None:
-        """Bind new addresses; keep sockets of addresses that stay."""
+    def _reuseport_mode(self, cfg: Config) -> bool:
+        """One listening socket per worker (SO_REUSEPORT) or one shared by all.
+
+        A shared socket spreads connections unevenly over workers (the kernel
+        wakes them in turn, the busiest wins; see proxy/bench/worker_spread.py);
+        per-worker sockets spread them evenly, but connections queued on the
+        socket of a worker that stops are reset unless the kernel migrates them
+        to the group's other sockets (net.ipv4.tcp_migrate_req=1, Linux 5.14).
+        ``auto`` therefore chooses per-worker sockets when there are several
+        workers and migration is on."""
+        setting = cfg.global_.tune.reuseport
+        if setting is False or self.nworkers <= 1:
+            return False
+        try:
+            with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+                migrate = f.read().strip() == "1"
+        except OSError:
+            migrate = False
+        if setting is True and not migrate:
+            log.warning("tune.reuseport is on but net.ipv4.tcp_migrate_req is 0: connections "
+                        "queued on a stopping worker's socket will be reset at reloads")
+        return True if setting is True else migrate
+
+    def _backlogs(self, cfg: Config) -> dict[str, int]:
         wanted: dict[str, int] = {}
         for fe in cfg.frontends:
             backlog = fe.backlog or fe.maxconn or cfg.global_.maxconn
             for address in fe.addresses:
                 wanted[address] = min(backlog, 65535)
+        return wanted
+
+    def _bind(self, cfg: Config) -> None:
+        """Bind new addresses; keep sockets of addresses that stay.  With per-worker
+        sockets the master only holds each port (bound, not listening)."""
+        wanted = self._backlogs(cfg)
         opened: list[str] = []
         try:
             for address, backlog in wanted.items():
                 if address not in self.listeners:
-                    self.listeners[address] = make_listener(address, backlog)
+                    self.listeners[address] = make_listener(
+                        address, backlog, reuseport=self.reuseport, listen=not self.reuseport)
                     opened.append(address)
         except OSError:
             for address in opened:
@@ -218,9 +249,23 @@ class Master:
     async def _spawn(self, handle: WorkerHandle, changes: list[dict[str, Any]]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         addresses = {a for fe in self.cfg.frontends for a in fe.addresses}
-        # Only the listeners of this configuration: a worker that inherited the socket of an
-        # address a reload removes would keep it open (and never accept) after the master closes it.
-        fds = {address: sock.fileno() for address, sock in self.listeners.items() if address in addresses}
+        own: list[socket.socket] = []
+        if self.reuseport:
+            # This worker's own sockets in each address's SO_REUSEPORT group.
+            try:
+                for address, backlog in self._backlogs(self.cfg).items():
+                    own.append(make_listener(address, backlog, reuseport=True))
+            except OSError:
+                for sock in own:
+                    sock.close()
+                theirs.close()
+                ours.close()
+                raise
+            fds = {address: sock.fileno() for address, sock in zip(self._backlogs(self.cfg), own, strict=True)}
+        else:
+            # Only the listeners of this configuration: a worker that inherited the socket of an
+            # address a reload removes would keep it open (and never accept) after the master closes it.
+            fds = {address: sock.fileno() for address, sock in self.listeners.items() if address in addresses}
         try:
             handle.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleetproxy.process", str(theirs.fileno()), self.event_loop,
@@ -228,6 +273,8 @@ class Master:
             )
         finally:
             theirs.close()
+            for sock in own:
+                sock.close()  # the worker holds it now; the master must not (it would queue for nobody)
         handle.pid = handle.proc.pid
         ours.setblocking(False)
         _, channel = await self.loop.connect_accepted_socket(
@@ -646,6 +693,9 @@ class Master:
             self._carry_health(old_runtime, runtime)
             self._carry_sticks(old_runtime, runtime)
             self.nworkers = resolve_workers(cfg.global_.workers)
+            if self._reuseport_mode(cfg) != self.reuseport:
+                log.warning("listening sockets stay %s until a restart (tune.reuseport, workers)",
+                            "per worker" if self.reuseport else "shared")
             try:
                 await self._spawn_generation(changes[0] + self._health_changes(runtime))
             except Exception as exc:

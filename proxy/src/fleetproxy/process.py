@@ -35,17 +35,23 @@ log = logging.getLogger("fleetproxy")
 SWEEP_INTERVAL = 1.0
 
 
-def make_listener(address: str, backlog: int) -> socket.socket:
-    """A bound, listening, non-blocking socket for ``host:port``."""
+def make_listener(address: str, backlog: int, reuseport: bool = False, listen: bool = True) -> socket.socket:
+    """A bound, listening, non-blocking socket for ``host:port``.
+
+    ``reuseport`` joins the address's SO_REUSEPORT group (one socket per worker);
+    ``listen=False`` only holds the port (a group member that takes no connection)."""
     host, port = split_host_port(address, what="bind address", allow_wildcard=True)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
