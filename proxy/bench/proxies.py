@@ -364,6 +364,7 @@ class HAProxy(ProxyKind):
 @dataclass
 class Fleetproxy(ProxyKind):
     python: str = sys.executable
+    half_open_tcp_checks = True  # like HAProxy's (health.py): reset before the final ACK
 
     def command(self) -> list[str]:
         script = Path(self.python).with_name("fleetproxy")

@@ -195,7 +195,7 @@ class _Check:
         if sock is None:
             return
         loop = self.checker.loop
-        loop.remove_writer(sock.fileno())
+        fd = sock.fileno()
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._done(False, "L4CON", os.strerror(err))
@@ -209,7 +209,9 @@ class _Check:
         except OSError as exc:
             self._done(False, "L7RSP", exc.strerror or str(exc))
             return
-        loop.add_reader(sock.fileno(), self._on_readable)
+        # The reader first: the event loop then keeps its watcher of this fd.
+        loop.add_reader(fd, self._on_readable)
+        loop.remove_writer(fd)
 
     def _on_readable(self) -> None:
         sock = self.sock
