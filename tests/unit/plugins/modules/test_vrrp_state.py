@@ -131,7 +131,7 @@ def test_active_with_wait_master_brings_the_node_back(settled):
 
 
 def test_active_without_wait_master_returns_as_backup(settled):
-    a, _ = settled.nodes
+    a = settled.nodes[0]
     vrrp(settled.sock_a, state='maintenance')
     result = run_module('vrrp_state', {'state': 'active', 'socket': settled.sock_a}, diff=True)
     assert result['changed'] is True and not result.get('failed'), result
@@ -149,7 +149,7 @@ def test_the_backup_in_maintenance_sees_the_master_at_once(settled):
 
 
 def test_wait_master_fails_before_changing_when_it_cannot_preempt(settled):
-    _, b = settled.nodes
+    b = settled.nodes[1]
     vrrp(settled.sock_b, state='maintenance')
     result = vrrp(settled.sock_b, state='active', wait_master=True)
     assert result.get('failed') and 'preemption needs a higher priority' in result['msg'], result
@@ -158,7 +158,7 @@ def test_wait_master_fails_before_changing_when_it_cannot_preempt(settled):
 
 
 def test_unknown_instance_fails_and_changes_nothing(settled):
-    a, _ = settled.nodes
+    a = settled.nodes[0]
     result = vrrp(settled.sock_a, state='maintenance', instances=['vip', 'nope'])
     assert result.get('failed') and "no instance named 'nope'" in result['msg'] and 'it has: vip' in result['msg']
     assert settled.state(a) == 'MASTER' and a.has(VIP)
@@ -172,7 +172,7 @@ def test_bad_arguments_and_a_missing_daemon(settled, tmp_path):
 
 
 def test_a_caller_that_is_not_root_is_refused(settled):
-    a, _ = settled.nodes
+    a = settled.nodes[0]
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
         code = 1
@@ -188,7 +188,7 @@ def test_a_caller_that_is_not_root_is_refused(settled):
         finally:
             os._exit(code)
     os.chmod(settled.dir, 0o755)
-    _, status = os.waitpid(pid, 0)
+    status = os.waitpid(pid, 0)[1]
     assert os.waitstatus_to_exitcode(status) == 0
     assert settled.state(a) == 'MASTER'
 
@@ -197,7 +197,7 @@ def test_no_peer_times_out_and_rolls_back(request):
     """Nobody to take over: the module fails after wait_timeout and takes node a out of
     maintenance again, so the VIP comes back to it."""
     lab = make_lab(request)
-    a, _ = lab.nodes
+    a = lab.nodes[0]
     lab.start_vrrp(a, priority=150)
     lab.wait_state(a, 'MASTER', 10)
     sock = lab.path('%s.sock' % a.ns)
