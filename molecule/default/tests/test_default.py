@@ -140,7 +140,8 @@ def run_module(module, **args):
          "-a", json.dumps(args)],
         capture_output=True, text=True, timeout=300, check=False, env=env,
     )
-    match = re.match(r"%s \| (\w+)[^{]*(\{.*\})\s*$" % re.escape(PROXY_HOST), run.stdout, re.S)
+    # A failure is preceded by an "[ERROR]: Task failed: ..." summary: find the result line.
+    match = re.search(r"^%s \| (\w+)[^{\n]*(\{.*\})\s*$" % re.escape(PROXY_HOST), run.stdout, re.S | re.M)
     assert match, run.stdout + run.stderr
     return match.group(1), json.loads(match.group(2))
 
