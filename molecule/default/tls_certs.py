@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A throw-away CA and server certificates for the scenario, made on the controller with
 ``cryptography`` (a dependency of ansible-core, so it is in the controller's venv).
 
@@ -90,7 +89,7 @@ def server(directory: str, name: str, names: list[str], mismatched_key: bool = F
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("directory")
     parser.add_argument("name")
     parser.add_argument("--names", default=HOSTNAME, help="comma-separated DNS names and IP addresses")
