@@ -196,7 +196,7 @@ def test_every_maintenance_row_says_it_is_beyond_the_rfc():
     rows = {k: v for k, v in TRANSITIONS.items() if State.MAINT in (k[0], v[0])}
     assert {k[0] for k in rows} == {State.INITIALIZE, State.BACKUP, State.MASTER, State.FAULT, State.MAINT}
     for key, (_new, _steps, rfc) in rows.items():
-        assert "beyond the RFC" in rfc or "released" in rfc, key
+        assert "beyond the RFC" in rfc, key
 
 
 def test_master_in_maintenance_leaves_like_shutdown_and_stays_out():

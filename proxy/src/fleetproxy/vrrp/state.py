@@ -180,8 +180,8 @@ TRANSITIONS: dict[tuple[State, Event, Condition], tuple[State, tuple[Step, ...],
     (S.MAINT, E.ADVERT, C.OTHER): (S.MAINT, (A.LEARN_MASTER,), "beyond the RFC: observe who is master"),
     (S.MAINT, E.ADVERT, C.ZERO): (S.MAINT, (A.FORGET_MASTER,), "beyond the RFC: observe that the master left"),
     (S.MAINT, E.MAINT_OFF, C.FAULTED): (S.FAULT, (), "beyond the RFC: released, but a fault remains"),
-    (S.MAINT, E.MAINT_OFF, C.OWNER): (S.MASTER, _BECOME_MASTER, "released: as startup, RFC 5798 6.4.1"),
-    (S.MAINT, E.MAINT_OFF, C.NOT_OWNER): (S.BACKUP, _BECOME_BACKUP, "released: as startup, RFC 5798 6.4.1"),
+    (S.MAINT, E.MAINT_OFF, C.OWNER): (S.MASTER, _BECOME_MASTER, "beyond the RFC: released, then as startup (RFC 5798 6.4.1)"),
+    (S.MAINT, E.MAINT_OFF, C.NOT_OWNER): (S.BACKUP, _BECOME_BACKUP, "beyond the RFC: released, then as startup (RFC 5798 6.4.1)"),
     (S.MAINT, E.SHUTDOWN, C.ANY): (S.INITIALIZE, (), "beyond the RFC"),
 }
 
