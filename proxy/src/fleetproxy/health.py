@@ -285,6 +285,8 @@ class _Check:
         server.check_status = result.status
         server.check_desc = result.desc
         server.check_duration = result.duration
+        server.check_count += 1
+        server.check_at = checker.loop.time()
         if checker.on_result is not None:
             checker.on_result(server, result)
         counts = self.counts

@@ -744,6 +744,7 @@ class Master:
                     continue
                 s.health = o.health
                 s.check_status, s.check_desc, s.check_duration = o.check_status, o.check_desc, o.check_duration
+                s.check_count, s.check_at = o.check_count, o.check_at
                 s.last_change, s.downtime = o.last_change, o.downtime
             be.refresh()
 

@@ -60,6 +60,8 @@ class Server:
         "bytes_out",
         "cfg",
         "check",
+        "check_at",
+        "check_count",
         "check_desc",
         "check_duration",
         "check_enabled",
@@ -116,6 +118,8 @@ class Server:
         self.check_desc = ""
         self.check_duration = -1
         self.check_fails = 0
+        self.check_count = 0  # checks run (in the master)
+        self.check_at = -1.0  # loop time of the last check result
         self.observe = {"layer4": 4, "layer7": 7}.get(cfg.observe or "none", 0)
         self.obs_errors = 0  # consecutive errors seen by passive checks (this process)
         self.log_prefix = f"{backend.name}/{cfg.name}"

@@ -59,6 +59,8 @@ def server_view(s: Server, now: float) -> dict[str, Any]:
             "description": s.check_desc or None,
             "duration_ms": s.check_duration if s.check_duration >= 0 else None,
             "failures": s.check_fails,
+            "count": s.check_count,
+            "last_s": round(now - s.check_at, 3) if s.check_at >= 0 else None,
             "inter_ms": int((s.cfg.inter or 0) * 1000),
             "rise": s.cfg.rise,
             "fall": s.cfg.fall,

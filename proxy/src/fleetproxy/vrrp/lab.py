@@ -69,14 +69,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _base36(n: int) -> str:
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+        if not n:
+            return out
+
+
 def remove_leftovers(prefix: str = "fpv") -> None:
     """Remove namespaces and bridges of labs whose creating process is gone."""
-    pat = re.compile(rf"^{prefix}(\d+)x[a-z0-9]+$")
+    # "p" ends the prefix, so another prefix that starts with this one ("fpv2...")
+    # is never mistaken for a lab of a dead process.
+    pat = re.compile(rf"^{prefix}p([0-9a-z]+)x[a-z0-9]+$")
     netns = run("ip", "netns", "list", check=False).stdout.split("\n")
     for line in netns:
         name = line.split(" ")[0]
         m = pat.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not _pid_alive(int(m.group(1), 36)):
             _kill_netns_pids(name)
             run("ip", "netns", "del", name, check=False)
     links = run("ip", "-o", "link", "show", check=False).stdout.split("\n")
@@ -85,7 +96,7 @@ def remove_leftovers(prefix: str = "fpv") -> None:
         if len(parts) > 1:
             name = parts[1].split("@")[0]
             m = pat.match(name)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not _pid_alive(int(m.group(1), 36)):
                 run("ip", "link", "del", name, check=False)
                 _iptables_forward(name, add=False)
 
@@ -167,7 +178,9 @@ class Lab:
     OBSERVER_IP = "198.18.51.2"
 
     def __init__(self, nodes: int = 2, prefix: str = "fpv") -> None:
-        self.tag = f"{prefix}{os.getpid()}x{_B36[next(_counter) % 36]}"
+        # prefix, "p", the creating pid in base 36, "x", a counter: short enough for
+        # interface names (15 characters) with any pid.
+        self.tag = f"{prefix}p{_base36(os.getpid())}x{_B36[next(_counter) % 36]}"
         self.bridge = f"{self.tag}br"
         self.nodes: list[Node] = []
         self.procs: list[subprocess.Popen] = []
