@@ -7,7 +7,7 @@
 #   FLEETPROXY_MOLECULE_IMAGE=NAME:TAG molecule/images/build.sh   another tag
 #
 # Users with a registry do not need this script: set FLEETPROXY_MOLECULE_IMAGE to an
-# image that boots systemd as PID 1 (see docs/collection.md, "Molecule").
+# image that boots systemd as PID 1 (see README.md, "Images").
 # Needs root, debootstrap and a Docker engine; takes about a minute.
 set -euo pipefail
 
