@@ -1,0 +1,551 @@
+"""Instruments for the fleet scenarios (molecule/ha, molecule/rolling) and the demo.
+
+Everything runs on the controller, which reaches the containers' addresses over the
+Docker bridge:
+
+- ``Traffic``: a bounded, paced HTTP client. It opens a new connection for every
+  request (so each request finds the virtual IP wherever it is at that moment) at a
+  fixed rate, whatever the previous requests are doing, and records each request's
+  start, end, outcome, and the backend name and version the answer carried.
+- ``VipWatch``: who holds the virtual IP, from netlink address events of each proxy
+  container's network namespace (``nsenter --net`` + ``ip -ts monitor address``),
+  with timestamps, so failover times and periods with two holders are measured, not
+  polled.
+- small helpers for Docker and Ansible, and ``Measurements``, the table the verify
+  step prints.
+
+All times are ``time.monotonic()`` seconds. Containers share the host's kernel, hence
+its clocks: wall-clock stamps taken inside a container (the journal, ``ip -ts``,
+Docker's ``FinishedAt``) are converted with one offset taken at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as _dt
+import itertools
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+# wall clock - monotonic clock, for converting wall-clock stamps.
+_OFFSET = time.time() - time.monotonic()
+
+
+def mono_from_wall(wall: float) -> float:
+    return wall - _OFFSET
+
+
+def wall_from_mono(mono: float) -> float:
+    return mono + _OFFSET
+
+
+# --------------------------------------------------------------------------- traffic
+
+@dataclass
+class Request:
+    seq: int
+    start: float
+    end: float = 0.0
+    status: int = 0
+    served_by: str = ""
+    version: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and not self.error
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+
+class Traffic:
+    """Paced requests to ``http://host:port/`` from a thread of its own.
+
+    ``rate`` requests per second, each on a new connection with ``Connection: close``,
+    each bounded by ``timeout`` seconds (connect included); the whole run by
+    ``max_duration`` seconds and ``rate * max_duration`` requests. A request that
+    does not complete with status 200 is a failure, with the reason in ``error``.
+    """
+
+    def __init__(self, host: str, port: int = 80, *, rate: float = 50.0, timeout: float = 3.0,
+                 max_duration: float = 600.0, path: str = "/traffic") -> None:
+        self.host, self.port, self.rate, self.timeout = host, port, rate, timeout
+        self.max_duration, self.path = max_duration, path
+        self.results: list[Request] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = self.stopped = 0.0
+
+    # The client --------------------------------------------------------------
+    async def _exchange(self, req: Request) -> None:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(
+                f"GET {self.path}/{req.seq} HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"User-Agent: fleetlab\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while len(data) < 65536:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            writer.close()
+        head, sep, _ = data.partition(b"\r\n\r\n")
+        if not sep:
+            req.error = "incomplete response" if data else "empty response"
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        req.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "x-served-by":
+                req.served_by = value.strip()
+            elif name == "x-app-version":
+                req.version = value.strip()
+        if req.status != 200:
+            req.error = f"status {req.status}"
+
+    async def _one(self, req: Request) -> None:
+        try:
+            await asyncio.wait_for(self._exchange(req), self.timeout)
+        except asyncio.TimeoutError:
+            req.error = "timeout"
+        except ConnectionRefusedError:
+            req.error = "connection refused"
+        except ConnectionResetError:
+            req.error = "connection reset"
+        except OSError as exc:
+            req.error = f"{type(exc).__name__}: {exc}"
+        req.end = time.monotonic()
+        self.results.append(req)
+
+    async def _main(self) -> None:
+        tasks: set[asyncio.Task] = set()
+        interval = 1.0 / self.rate
+        base = self.started = time.monotonic()
+        seq = 0
+        limit = int(self.rate * self.max_duration)
+        while seq < limit and not self._stop.is_set():
+            now = time.monotonic()
+            if now - self.started > self.max_duration:
+                break
+            due = base + seq * interval
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif now - due > interval:
+                base = now - seq * interval   # fell behind (a stalled machine): no burst
+            task = asyncio.ensure_future(self._one(Request(seq, time.monotonic())))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            seq += 1
+        if tasks:
+            await asyncio.wait(tasks)
+        self.stopped = time.monotonic()
+
+    # Control -----------------------------------------------------------------
+    def start(self) -> Traffic:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True,
+                                        name="fleetlab-traffic")
+        self._thread.start()
+        while not self.started:
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> list[Request]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout + 5)
+        return self.completed()
+
+    def __enter__(self) -> Traffic:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def completed(self) -> list[Request]:
+        return sorted(list(self.results), key=lambda r: r.seq)
+
+    def wait_for(self, predicate, timeout: float, what: str = "") -> Request:
+        """Wait until a completed request satisfies ``predicate``; return it."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            done = list(self.results)
+            for req in done[seen:]:
+                if predicate(req):
+                    return req
+            seen = len(done)
+            time.sleep(0.02)
+        raise AssertionError(f"no request {what} within {timeout}s; last: {summary(self.completed()[-5:])}")
+
+
+def window(results: list[Request], since: float | None = None, until: float | None = None) -> list[Request]:
+    return [r for r in results if (since is None or r.start >= since) and (until is None or r.start < until)]
+
+
+def failures(results: list[Request]) -> list[Request]:
+    return [r for r in results if not r.ok]
+
+
+def served(results: list[Request]) -> collections.Counter:
+    return collections.Counter(r.served_by for r in results if r.ok)
+
+
+def longest_gap(results: list[Request], since: float, until: float) -> float:
+    """The longest time in [since, until] without a successful answer arriving: what a
+    client polling steadily experiences as the interruption."""
+    ends = sorted(r.end for r in results if r.ok and since <= r.end <= until)
+    marks = [since, *ends, until]
+    return max(b - a for a, b in itertools.pairwise(marks))
+
+
+def summary(results: list[Request]) -> dict:
+    fails = failures(results)
+    return {
+        "requests": len(results),
+        "failed": len(fails),
+        "errors": dict(collections.Counter(r.error for r in fails)),
+        "served_by": dict(served(results)),
+        "max_latency_s": round(max((r.latency for r in results), default=0.0), 3),
+    }
+
+
+# ------------------------------------------------------------------------ VIP watch
+
+@dataclass
+class VipEvent:
+    t: float          # monotonic
+    node: str
+    held: bool
+    source: str       # "monitor", "initial", "gone"
+
+
+_IP_TS = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\]\s*(.*)$")
+_IP_ADDR = re.compile(r"^(Deleted )?\d+: (\S+)\s+inet ([0-9.]+)/")
+
+
+class VipWatch:
+    """Which of ``nodes`` (container names) holds ``vip`` on ``interface``, event by
+    event. (An address elsewhere, e.g. on ``lo``, is not "held": nobody on the LAN
+    reaches it through ARP.)"""
+
+    def __init__(self, vip: str, nodes: list[str], interface: str = "eth0") -> None:
+        self.vip = vip.split("/")[0]
+        self.interface = interface
+        self.nodes = list(nodes)
+        self.events: list[VipEvent] = []
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._held = {n: False for n in nodes}
+
+    def start(self) -> VipWatch:
+        for node in self.nodes:
+            self.attach(node)
+        return self
+
+    def close(self) -> None:
+        for node in list(self._procs):
+            self._detach(node)
+
+    def __enter__(self) -> VipWatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _record(self, t: float, node: str, held: bool, source: str) -> None:
+        with self._lock:
+            if self._held.get(node) is held:
+                return
+            self._held[node] = held
+            self.events.append(VipEvent(t, node, held, source))
+
+    def _detach(self, node: str) -> None:
+        proc = self._procs.pop(node, None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def attach(self, node: str) -> None:
+        """(Re)start watching ``node``'s network namespace (after ``docker start`` too)."""
+        self._detach(node)
+        pid = container_pid(node)
+        netns = f"--net=/proc/{pid}/ns/net"
+        proc = subprocess.Popen(
+            ["nsenter", netns, "ip", "-ts", "-o", "monitor", "address"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+        )
+        self._procs[node] = proc
+        threading.Thread(target=self._read, args=(node, proc), daemon=True, name=f"vipwatch-{node}").start()
+        # The monitor runs first, then the current state is read: nothing falls between.
+        time.sleep(0.05)
+        out = subprocess.run(["nsenter", netns, "ip", "-o", "-4", "addr", "show", "dev", self.interface],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+        held = any(self._parse(line) == (True,) for line in out.splitlines())
+        with self._lock:
+            self._held[node] = None  # type: ignore[assignment]  # force the initial record
+        self._record(time.monotonic(), node, held, "initial")
+
+    def _parse(self, text: str) -> tuple[bool] | None:
+        """(held,) for a line about the VIP on the interface, else None."""
+        match = _IP_ADDR.match(text.strip())
+        if not match or match.group(2) != self.interface or match.group(3) != self.vip:
+            return None
+        return (match.group(1) is None,)
+
+    def _read(self, node: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            received = time.monotonic()
+            match = _IP_TS.match(line)
+            t, text = received, line
+            if match:
+                text = match.group(2)
+                try:
+                    stamp = _dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+                    t = min(received, mono_from_wall(stamp))
+                except ValueError:
+                    pass
+            parsed = self._parse(text)
+            if parsed is None:
+                continue
+            if self._procs.get(node) is not proc:
+                return
+            self._record(t, node, parsed[0], "monitor")
+
+    def mark_gone(self, node: str, t: float) -> None:
+        """``node`` died at ``t`` (docker kill): whatever its namespace still says, it
+        holds nothing from then on."""
+        self._detach(node)
+        self._record(t, node, False, "gone")
+
+    # Queries -----------------------------------------------------------------
+    def holders(self) -> list[str]:
+        with self._lock:
+            return sorted(n for n, held in self._held.items() if held)
+
+    def wait(self, predicate, timeout: float, what: str) -> float:
+        """Wait until ``predicate(holders)`` is true; return the time of the event that
+        made it so (or now, if it already was)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                holders = sorted(n for n, held in self._held.items() if held)
+                last = self.events[-1].t if self.events else time.monotonic()
+            if predicate(holders):
+                return last
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {timeout}s; holders {holders}; "
+                                     f"events {self.describe(since=time.monotonic() - timeout - 5)}")
+            time.sleep(0.01)
+
+    def wait_single(self, node: str, timeout: float) -> float:
+        return self.wait(lambda h: h == [node], timeout, f"{node} alone holds {self.vip}")
+
+    def first_event(self, node: str, held: bool, since: float) -> VipEvent | None:
+        with self._lock:
+            return next((e for e in self.events if e.node == node and e.held == held and e.t >= since), None)
+
+    def overlaps(self, since: float, until: float | None = None) -> list[tuple[float, float]]:
+        """Periods in [since, until] when two or more nodes held the VIP."""
+        until = time.monotonic() if until is None else until
+        with self._lock:
+            events = sorted(self.events, key=lambda e: e.t)
+        held: dict[str, bool] = {}
+        periods: list[tuple[float, float]] = []
+        begin: float | None = None
+        for ev in events:
+            if ev.t > until:
+                break
+            before = sum(held.values())
+            held[ev.node] = ev.held
+            after = sum(held.values())
+            if before < 2 <= after:
+                begin = ev.t
+            elif after < 2 <= before and begin is not None:
+                periods.append((begin, ev.t))
+                begin = None
+        if begin is not None:
+            periods.append((begin, until))
+        return [(max(a, since), b) for a, b in periods if b > since]
+
+    def describe(self, since: float = 0.0) -> list[str]:
+        with self._lock:
+            return [f"{e.t - since:+.3f}s {e.node} {'+' if e.held else '-'}VIP ({e.source})"
+                    for e in self.events if e.t >= since]
+
+
+# -------------------------------------------------------------------------- docker
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
+    run = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and run.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {run.stderr.strip() or run.stdout.strip()}")
+    return run.stdout.strip()
+
+
+def dexec(container: str, *cmd: str, timeout: float = 120, check: bool = True) -> str:
+    return docker("exec", container, *cmd, timeout=timeout, check=check)
+
+
+def container_pid(container: str) -> int:
+    pid = int(docker("inspect", "-f", "{{.State.Pid}}", container))
+    if pid <= 0:
+        raise RuntimeError(f"container {container} is not running")
+    return pid
+
+
+def _parse_docker_time(text: str) -> float:
+    """Docker's RFC 3339 with nanoseconds (2026-11-26T14:38:22.710177123Z) -> epoch."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if not match:
+        raise ValueError(text)
+    base = _dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+    tz = _dt.timezone.utc if match.group(3) == "Z" else _dt.datetime.strptime(match.group(3), "%z").tzinfo
+    frac = float("0." + match.group(2)) if match.group(2) else 0.0
+    return base.replace(tzinfo=tz).timestamp() + frac
+
+
+def container_finished_at(container: str) -> float:
+    """When the container's main process died (monotonic), as Docker recorded it."""
+    return mono_from_wall(_parse_docker_time(docker("inspect", "-f", "{{.State.FinishedAt}}", container)))
+
+
+def journal_time(container: str, unit: str, message_prefix: str, since_mono: float) -> float | None:
+    """Monotonic time of the first journal entry of ``unit`` in ``container`` whose
+    message starts with ``message_prefix``, at or after ``since_mono``."""
+    since = _dt.datetime.fromtimestamp(wall_from_mono(since_mono) - 1).strftime("%Y-%m-%d %H:%M:%S")
+    out = dexec(container, "journalctl", "-o", "json", "--no-pager", "--since", since, check=False)
+    for line in out.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        message = entry.get("MESSAGE")
+        if not isinstance(message, str) or not message.startswith(message_prefix):
+            continue
+        if unit not in (entry.get("UNIT"), entry.get("_SYSTEMD_UNIT"), entry.get("USER_UNIT")):
+            continue
+        t = mono_from_wall(int(entry["__REALTIME_TIMESTAMP"]) / 1e6)
+        if t >= since_mono - 0.001:
+            return t
+    return None
+
+
+def wait_systemd(container: str, timeout: float = 120) -> str:
+    """After ``docker start``: wait until systemd finished booting the container."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = dexec(container, "systemctl", "is-system-running", check=False, timeout=30)
+        if state in ("running", "degraded"):
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"{container}: systemd still {state!r} after {timeout}s")
+
+
+# ------------------------------------------------------------------------- ansible
+
+def _ansible_env() -> dict:
+    return dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PY_COLORS="0")
+
+
+def inventory() -> str:
+    return os.environ["MOLECULE_INVENTORY_FILE"]
+
+
+def playbook(path: str, *args: str, extra_vars: dict | None = None, timeout: float = 900) -> str:
+    """Run a playbook against the scenario's inventory; its output, or an
+    AssertionError carrying it."""
+    argv = ["ansible-playbook", "-i", inventory(), *args]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    run = subprocess.run([*argv, path], capture_output=True, text=True, timeout=timeout, env=_ansible_env())
+    output = run.stdout + run.stderr
+    if run.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} {path} failed ({run.returncode}):\n{output[-12000:]}")
+    return output
+
+
+def module(pattern: str, name: str, args: dict | None = None, timeout: float = 600) -> dict:
+    """Run one module on the hosts matching ``pattern``; {host: result}."""
+    env = dict(_ansible_env(), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    argv = ["ansible", "-i", inventory(), pattern, "-m", name, "-a", json.dumps(args or {})]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        doc = json.loads(run.stdout[run.stdout.index("{"):])
+    except ValueError as exc:
+        raise AssertionError(f"{' '.join(argv)}: no JSON output:\n{run.stdout}\n{run.stderr}") from exc
+    results = {host: res for play in doc["plays"] for task in play["tasks"] for host, res in task["hosts"].items()}
+    bad = {h: r for h, r in results.items() if r.get("failed") or r.get("unreachable")}
+    if bad:
+        raise AssertionError(f"{name} failed: {json.dumps(bad, indent=1)[:6000]}")
+    return results
+
+
+def inventory_host(host: str) -> dict:
+    out = subprocess.run(["ansible-inventory", "-i", inventory(), "--host", host],
+                         check=True, capture_output=True, text=True, env=_ansible_env()).stdout
+    return json.loads(out)
+
+
+# -------------------------------------------------------------------- measurements
+
+@dataclass
+class Row:
+    case: str
+    measured_s: float | None
+    bound_s: float | None
+    failed: int | None = None
+    requests: int | None = None
+    gap_s: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Measurements:
+    """Rows of measured times, printed as a table and kept as JSON."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.rows: list[Row] = []
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def table(self) -> str:
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v * 1000:.0f}"
+
+        head = ("case", "measured ms", "bound ms", "failed/requests", "longest gap ms", "note")
+        body = [
+            (r.case, ms(r.measured_s), ms(r.bound_s),
+             "-" if r.requests is None else f"{r.failed}/{r.requests}", ms(r.gap_s), r.note)
+            for r in self.rows
+        ]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+        fmt = " | ".join(f"{{:<{w}}}" for w in widths)
+        lines = [self.title, fmt.format(*head), "-+-".join("-" * w for w in widths)]
+        lines += [fmt.format(*row) for row in body]
+        return "\n".join(lines)
+
+    def dump(self, path: str) -> None:
+        with open(path, "w") as fh:
+            json.dump({"title": self.title, "rows": [asdict(r) for r in self.rows]}, fh, indent=1)
