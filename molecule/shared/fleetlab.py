@@ -169,6 +169,12 @@ class Traffic:
             self._thread.join(self.timeout + 5)
         return self.completed()
 
+    def stop_when_done(self) -> list[Request]:
+        """Wait until the run ends by itself (max_duration), then return the results."""
+        if self._thread is not None:
+            self._thread.join(self.max_duration + self.timeout + 5)
+        return self.stop()
+
     def __enter__(self) -> Traffic:
         return self.start()
 
@@ -549,3 +555,34 @@ class Measurements:
     def dump(self, path: str) -> None:
         with open(path, "w") as fh:
             json.dump({"title": self.title, "rows": [asdict(r) for r in self.rows]}, fh, indent=1)
+
+
+# The tables a scenario's verify step prints at its end (pytest_terminal_summary).
+REPORTS: list[Measurements] = []
+
+
+def print_report(terminalreporter) -> None:
+    """Print every table of REPORTS and keep them as JSON in build/fleet-results/."""
+    for report in REPORTS:
+        if not report.rows:
+            continue
+        terminalreporter.write_line("")
+        for line in report.table().splitlines():
+            terminalreporter.write_line(line)
+        project = os.environ.get("MOLECULE_PROJECT_DIRECTORY")
+        if project:
+            out = os.path.join(project, "build", "fleet-results")
+            os.makedirs(out, exist_ok=True)
+            name = re.sub(r"[^a-z0-9]+", "-", report.title.lower()).strip("-")[:40]
+            report.dump(os.path.join(out, f"{name}.json"))
+
+
+def duration(text: str | int | float) -> float:
+    """'100ms', '1s', '250us', 2 (ms) -> seconds."""
+    if isinstance(text, (int, float)):
+        return text / 1000
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(us|ms|s|m|h)?\s*", str(text))
+    if not match:
+        raise ValueError(text)
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1e-3}[match.group(2)]
+    return float(match.group(1)) * unit
