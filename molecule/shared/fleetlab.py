@@ -397,6 +397,82 @@ class VipWatch:
                     for e in self.events if e.t >= since]
 
 
+# -------------------------------------------------------------------- proxy state
+
+@dataclass
+class Sample:
+    t0: float         # the poll was sent
+    t1: float         # its answer arrived
+    servers: dict     # "backend/server" -> {"state", "health", "sessions"}
+
+
+class StatePoller:
+    """Every ``interval`` seconds, each proxy's ``/stats;json`` (its admin.listen):
+    a timeline of every server's administrative state, health and active sessions, as
+    the proxy itself reports them."""
+
+    def __init__(self, urls: dict[str, str], interval: float = 0.1, max_duration: float = 1800.0) -> None:
+        self.urls, self.interval, self.max_duration = urls, interval, max_duration
+        self.samples: dict[str, list[Sample]] = {node: [] for node in urls}
+        self.errors: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _poll(self, node: str, url: str) -> None:
+        import urllib.request
+
+        started = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - started < self.max_duration:
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    doc = json.loads(resp.read())
+                servers = {
+                    f"{b['name']}/{s['name']}": {"state": s["state"], "health": s["health"],
+                                                 "sessions": s["sessions"]["current"]}
+                    for b in doc["backends"] for s in b["servers"]
+                }
+                self.samples[node].append(Sample(t0, time.monotonic(), servers))
+            except (OSError, ValueError, KeyError) as exc:
+                self.errors[f"{node}: {type(exc).__name__}"] += 1
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
+
+    def start(self) -> StatePoller:
+        for node, url in self.urls.items():
+            th = threading.Thread(target=self._poll, args=(node, url), daemon=True, name=f"poll-{node}")
+            th.start()
+            self._threads.append(th)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join(5)
+
+    def out_of_rotation(self, node: str, server: str) -> list[tuple[float, float]]:
+        """Periods in which ``node`` certainly had ``server`` ("backend/server") drained:
+        from the answer of the first poll that saw it out of rotation (drain or maint, or
+        deleted) with no active session, to the sending of the last poll that still saw
+        it out of rotation. A request that starts inside such a period must not reach it."""
+        periods: list[tuple[float, float]] = []
+        begin: float | None = None
+        last_out: float | None = None
+        for smp in self.samples[node]:
+            cur = smp.servers.get(server)
+            out = cur is None or cur["state"] != "ready"
+            if out:
+                if begin is None and (cur is None or cur["sessions"] == 0):
+                    begin = smp.t1
+                last_out = smp.t0
+            else:
+                if begin is not None and last_out is not None and last_out > begin:
+                    periods.append((begin, last_out))
+                begin = last_out = None
+        if begin is not None and last_out is not None and last_out > begin:
+            periods.append((begin, last_out))
+        return periods
+
+
 # -------------------------------------------------------------------------- docker
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
