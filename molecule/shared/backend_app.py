@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The application the fleet scenarios and the demo put behind the proxies.
 
 A small HTTP/1.1 server (Python's standard library only, so a backend host needs
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.name:
         parser.error("--name (or APP_NAME) is required")
-    host, _, port = args.listen.rpartition(":")
+    host, port = args.listen.rsplit(":", 1)
     handler = type("AppHandler", (Handler,), {"app_name": args.name, "app_version": args.app_version})
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer.daemon_threads = True

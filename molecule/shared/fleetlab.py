@@ -100,7 +100,7 @@ class Traffic:
                 data += chunk
         finally:
             writer.close()
-        head, sep, _ = data.partition(b"\r\n\r\n")
+        head, sep, _body = data.partition(b"\r\n\r\n")
         if not sep:
             req.error = "incomplete response" if data else "empty response"
             return
@@ -108,7 +108,7 @@ class Traffic:
         parts = lines[0].split(" ", 2)
         req.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         for line in lines[1:]:
-            name, _, value = line.partition(":")
+            name, _colon, value = line.partition(":")
             name = name.strip().lower()
             if name == "x-served-by":
                 req.served_by = value.strip()
@@ -476,7 +476,7 @@ class StatePoller:
 # -------------------------------------------------------------------------- docker
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
-    run = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    run = subprocess.run(["docker", *args], check=False, capture_output=True, text=True, timeout=timeout)
     if check and run.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)}: {run.stderr.strip() or run.stdout.strip()}")
     return run.stdout.strip()
@@ -558,7 +558,7 @@ def playbook(path: str, *args: str, extra_vars: dict | None = None, timeout: flo
     argv = ["ansible-playbook", "-i", inventory(), *args]
     if extra_vars:
         argv += ["-e", json.dumps(extra_vars)]
-    run = subprocess.run([*argv, path], capture_output=True, text=True, timeout=timeout, env=_ansible_env())
+    run = subprocess.run([*argv, path], check=False, capture_output=True, text=True, timeout=timeout, env=_ansible_env())
     output = run.stdout + run.stderr
     if run.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} {path} failed ({run.returncode}):\n{output[-12000:]}")
@@ -569,7 +569,7 @@ def module(pattern: str, name: str, args: dict | None = None, timeout: float = 6
     """Run one module on the hosts matching ``pattern``; {host: result}."""
     env = dict(_ansible_env(), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
     argv = ["ansible", "-i", inventory(), pattern, "-m", name, "-a", json.dumps(args or {})]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, env=env)
     try:
         doc = json.loads(run.stdout[run.stdout.index("{"):])
     except ValueError as exc:
