@@ -74,6 +74,9 @@ def _drive(key):
         r = as_backup(preempt_delay=5.0 if cond is Condition.PREEMPT_WAIT else 0.0)
     elif state is State.MASTER:
         r = as_master()
+    elif state is State.MAINT:
+        r = router(priority=prio)
+        r.enter_maintenance(0.0)
     else:
         r = router(priority=prio)
         r.fault(0.0, "test")
@@ -91,9 +94,14 @@ def _drive(key):
         return r, r.set_priority(90, now)
     if event in (Event.MASTER_DOWN_TIMER, Event.ADVER_TIMER):
         return r, r.tick(r.deadline)
+    if event is Event.MAINT_ON:
+        return r, r.enter_maintenance(now)
+    if event is Event.MAINT_OFF:
+        return r, r.leave_maintenance(now, faulted=cond is Condition.FAULTED)
     assert event is Event.ADVERT
     advert = {
         Condition.ZERO: (HIGHER_ADDR, 0),
+        Condition.OTHER: (HIGHER_ADDR, 150),
         Condition.ACCEPT: (HIGHER_ADDR, 150),
         Condition.PREEMPT_WAIT: (HIGHER_ADDR, 50),
         Condition.PREEMPT: (HIGHER_ADDR, 50),
@@ -114,6 +122,8 @@ _EXPECTED_ACTIONS = {
     (State.MASTER, Event.PRIORITY, Condition.ANY): ["SendAdvert"],
     (State.MASTER, Event.FAULT, Condition.ANY): ["SendAdvert", "RemoveVips"],
     (State.FAULT, Event.RECOVER, Condition.OWNER): ["SendAdvert", "AddVips", "SendGarp"],
+    (State.MASTER, Event.MAINT_ON, Condition.ANY): ["SendAdvert", "RemoveVips"],
+    (State.MAINT, Event.MAINT_OFF, Condition.OWNER): ["SendAdvert", "AddVips", "SendGarp"],
 }
 
 
@@ -176,6 +186,113 @@ def test_master_actions_are_in_rfc_order():
     assert kinds(acts) == ["SendAdvert", "AddVips", "SendGarp", "Transition"]
     assert acts[0] == SendAdvert(100)
     assert acts[1] == AddVips() and acts[2] == SendGarp()
+
+
+# --------------------------------------------------------------------------
+# Maintenance (beyond the RFC)
+# --------------------------------------------------------------------------
+
+def test_every_maintenance_row_says_it_is_beyond_the_rfc():
+    rows = {k: v for k, v in TRANSITIONS.items() if State.MAINT in (k[0], v[0])}
+    assert {k[0] for k in rows} == {State.INITIALIZE, State.BACKUP, State.MASTER, State.FAULT, State.MAINT}
+    for key, (_new, _steps, rfc) in rows.items():
+        assert "beyond the RFC" in rfc or "released" in rfc, key
+
+
+def test_master_in_maintenance_leaves_like_shutdown_and_stays_out():
+    r = as_master(priority=200)
+    acts = r.enter_maintenance(5.0, "maintenance on (uid 0)")
+    assert acts[:2] == [SendAdvert(0), RemoveVips()]
+    assert transitions(acts) == [(State.MASTER, State.MAINT)]
+    assert r.state is State.MAINT and r.deadline is None and r.reason == "maintenance on (uid 0)"
+    assert r.master_address is None
+    # Nothing brings it back by itself: no timer, lower-priority masters, faults, recoveries.
+    assert r.tick(1e9) == []
+    assert r.receive(LOWER_ADDR, 50, 100, 6.0) == []
+    assert r.fault(6.1, "track down") == [] and r.recover(6.2, "track up") == []
+    assert r.set_priority(150, 6.3) == []
+    assert r.state is State.MAINT
+    # It observes who is master now, and that a master left.
+    assert r.master_address == int(ipaddress.IPv4Address(LOWER_ADDR)) and r.master_priority == 50
+    assert r.receive(LOWER_ADDR, 0, 100, 7.0) == []
+    assert r.master_address is None and r.state is State.MAINT
+    assert r.enter_maintenance(7.5) == []  # already in
+
+
+def test_backup_in_maintenance_stops_competing_and_sends_nothing():
+    r = as_backup(priority=150)
+    r.receive(HIGHER_ADDR, 200, 100, 1.0)
+    acts = r.enter_maintenance(1.5)
+    assert kinds(acts) == ["Transition"]
+    assert r.state is State.MAINT and r.deadline is None
+    assert r.master_address is None  # entering starts from nobody: the next advert tells
+    r.receive(HIGHER_ADDR, 200, 100, 2.0)
+    assert r.master_address == int(ipaddress.IPv4Address(HIGHER_ADDR))
+
+
+def test_release_returns_as_backup_and_preempts_a_lower_master():
+    r = router(priority=200)
+    r.enter_maintenance(0.0)  # maintenance kept from an earlier run: never master first
+    assert r.state is State.MAINT and r.startup(0.0) == []
+    r.receive(LOWER_ADDR, 100, 100, 1.0)
+    acts = r.leave_maintenance(1.2)
+    assert transitions(acts) == [(State.MAINT, State.BACKUP)]
+    assert r.deadline == pytest.approx(1.2 + r.master_down_interval)
+    assert r.master_address is None
+    r.receive(LOWER_ADDR, 100, 100, 1.5)  # lower priority, preempt: discarded
+    r.tick(r.deadline)
+    assert r.state is State.MASTER
+
+
+def test_release_without_preempt_stays_backup_under_a_lower_master():
+    r = router(priority=200, preempt=False)
+    r.enter_maintenance(0.0)
+    r.leave_maintenance(1.0)
+    for k in range(40):
+        r.receive(LOWER_ADDR, 100, 100, 1.5 + k)
+        assert r.tick(1.5 + k + 0.99) == []
+    assert r.state is State.BACKUP and r.master_priority == 100
+
+
+def test_release_with_a_fault_left_goes_to_fault():
+    r = as_master()
+    r.enter_maintenance(1.0)
+    acts = r.leave_maintenance(2.0, faulted=True, reason="released; track proxy down")
+    assert transitions(acts) == [(State.MAINT, State.FAULT)] and kinds(acts) == ["Transition"]
+    assert r.state is State.FAULT and r.reason == "released; track proxy down"
+    r.recover(3.0, "ok")
+    assert r.state is State.BACKUP
+
+
+def test_owner_released_from_maintenance_is_master_at_once():
+    r = router(priority=255)
+    r.startup(0.0)
+    r.enter_maintenance(1.0)
+    assert r.leave_maintenance(2.0)[:3] == [SendAdvert(255), AddVips(), SendGarp()]
+    assert r.state is State.MASTER
+
+
+def test_a_master_in_maintenance_hands_over_after_skew_time():
+    """On a simulated LAN: the backup takes over Skew_Time after the priority-0 advert,
+    not Master_Down_Interval; the node stays out; released, it preempts back."""
+    lan = Lan([(200, "198.18.51.11", True), (100, "198.18.51.12", True)])
+    lan.start(0, 0.0)
+    lan.start(1, 0.0)
+    lan.run_until(2.0)
+    a, b = lan.routers
+    assert (a.state, b.state) == (State.MASTER, State.BACKUP)
+    lan._do(0, a.enter_maintenance(lan.now))
+    t0 = lan.now
+    lan.run_until(t0 + b.skew_time + 2 * lan.delay)
+    assert b.state is State.MASTER
+    assert b.skew_time < 0.1 < b.master_down_interval  # 10cs interval, priority 100
+    lan.run_until(t0 + 10.0)
+    assert (a.state, b.state) == (State.MAINT, State.MASTER)
+    assert a.master_address == b.address  # the node in maintenance sees who holds the VIP
+    assert lan.masters() == 1
+    lan._do(0, a.leave_maintenance(lan.now))
+    lan.run_until(lan.now + a.master_down_interval + 3 * lan.delay)
+    assert (a.state, b.state) == (State.MASTER, State.BACKUP)
 
 
 # --------------------------------------------------------------------------

@@ -29,7 +29,9 @@ __all__ = [
     "parse",
 ]
 
-DEFAULT_STATUS_SOCKET = "/run/fleetproxy/vrrp.sock"
+# Not under /run/fleetproxy: that is the proxy's RuntimeDirectory, which systemd
+# removes whenever fleetproxy.service stops.
+DEFAULT_STATUS_SOCKET = "/run/fleetproxy-vrrp/vrrp.sock"
 MIN_KEY_BYTES = 16
 
 
@@ -262,6 +264,8 @@ def _ipv4(value: Any, what: str) -> str:
 
 class VrrpConfig(_Model):
     status_socket: str = DEFAULT_STATUS_SOCKET
+    # Where maintenance is kept across restarts (None: not kept; a restart releases it).
+    state_file: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     instances: list[Instance] = Field(min_length=1)
 
@@ -270,6 +274,13 @@ class VrrpConfig(_Model):
     def _sock(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("status_socket must be an absolute path")
+        return v
+
+    @field_validator("state_file")
+    @classmethod
+    def _state(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or v.endswith("/")):
+            raise ValueError("state_file must be the absolute path of a file")
         return v
 
 

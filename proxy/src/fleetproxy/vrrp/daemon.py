@@ -6,6 +6,11 @@ It feeds the machine events with ``loop.time()`` and carries out the actions it
 returns, in order, on one queue, so an address is always added before the ARP that
 announces it and removed in the order the machine decided. Hooks run in their own
 task and never hold up the protocol.
+
+Maintenance (``fleetproxy vrrp maintenance on|off``, over the control socket of
+:mod:`.control`) is per instance; with ``state_file`` set it is written there before it
+takes effect and read back at start, so a node in maintenance stays out across restarts
+and reboots until it is released.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .config import Instance, Track, VrrpConfig
+from .control import ControlServer
 from .net import GarpSender, Netlink, link_up, open_vrrp_socket, watch_netlink
 from .packet import (
     VRRP_GROUP,
@@ -68,6 +74,8 @@ class InstanceRunner:
         self.machine: VirtualRouter | None = None
         self.since = time.time()
         self.vips_held = False
+        self.maintenance = False
+        self._heard: dict[int, float] = {}  # advertiser (as int) -> loop time of its last advert
         self.counters: Counter[str] = Counter()
         self._faults: dict[str, str] = {}
         self._trackers: list[Tracker] = []
@@ -139,7 +147,9 @@ class InstanceRunner:
         self._started = True
         self.machine.set_priority(self._effective_priority(), self._now())
         now = self._now()
-        if self._faults:
+        if self.maintenance:
+            self._feed(self.machine.enter_maintenance(now, "maintenance (kept in the state file)"))
+        elif self._faults:
             self._feed(self.machine.fault(now, "; ".join(self._faults.values())))
         else:
             self._feed(self.machine.startup(now))
@@ -178,6 +188,25 @@ class InstanceRunner:
             self._sock.close()
         if self._garp is not None:
             self._garp.close()
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def set_maintenance(self, on: bool, reason: str) -> bool:
+        """Enter or leave maintenance; False if already so. A master leaves at once with
+        a priority-0 advertisement; released, the instance starts over as a backup
+        (or in FAULT while a fault remains)."""
+        if on == self.maintenance:
+            return False
+        self.maintenance = on
+        if self._started and self.machine is not None:
+            now = self._now()
+            if on:
+                self._feed(self.machine.enter_maintenance(now, reason))
+            else:
+                faults = "; ".join(self._faults.values())
+                self._feed(self.machine.leave_maintenance(now, bool(faults), f"{reason}; {faults}" if faults else reason))
+        log.warning("%s: %s", self.name, reason)
+        return True
 
     # -- feeding the machine -------------------------------------------------------
 
@@ -277,6 +306,10 @@ class InstanceRunner:
             self.counters["rx_auth_ignored"] += 1
             return
         self.counters["rx_adverts"] += 1
+        if advert.priority:
+            if len(self._heard) > 64:
+                self._heard.clear()
+            self._heard[int(ipaddress.IPv4Address(src))] = self._now()
         if advert.priority and set(advert.addresses) != {a for a, _ in self.vips} and src not in self._addr_warned:
             self._addr_warned.add(src)
             log.warning("%s: %s advertises %s, we have %s (RFC 5798 7.1: check the configuration)",
@@ -347,7 +380,7 @@ class InstanceRunner:
         assert self.machine is not None
         self.counters[f"to_{t.new.value.lower()}"] += 1
         log.info("%s: %s -> %s: %s (%s)", self.name, t.old, t.new, t.reason, t.rfc)
-        if t.new in (State.MASTER, State.BACKUP, State.FAULT):
+        if t.new in (State.MASTER, State.BACKUP, State.FAULT, State.MAINT):
             self._enqueue_hook(t.new.value, self.machine.priority)
 
     def _enqueue_hook(self, state: str, priority: int) -> None:
@@ -445,6 +478,10 @@ class InstanceRunner:
 
     def status(self) -> dict[str, Any]:
         m = self.machine
+        heard = None
+        if m is not None and m.master_address is not None and m.state is not State.MASTER:
+            at = self._heard.get(m.master_address)
+            heard = round(self._now() - at, 3) if at is not None and self._loop is not None else None
         return {
             "name": self.name,
             "interface": self.cfg.interface,
@@ -456,11 +493,14 @@ class InstanceRunner:
             "mode": "unicast" if self.peers else "multicast",
             "master": str(ipaddress.IPv4Address(m.master_address)) if m and m.master_address is not None else None,
             "master_priority": m.master_priority if m else None,
+            "master_age": heard,
             "advert_interval": self.cfg.advert_interval,
             "master_adver_interval": m.master_adver_interval / 100 if m else None,
             "master_down_interval": round(m.master_down_interval, 6) if m else None,
             "virtual_ips": list(self.cfg.virtual_ips),
             "vips_held": self.vips_held,
+            "maintenance": self.maintenance,
+            "preempt": self.cfg.preempt or self.cfg.priority == 255,
             "reason": m.reason if m else "not started",
             "since": round(self.since, 3),
             "faults": sorted(self._faults.values()),
@@ -481,6 +521,7 @@ class Daemon:
         self.runners: list[InstanceRunner] = []
         self.started = time.time()
         self._server: asyncio.AbstractServer | None = None
+        self._control = ControlServer(self.status, self.set_maintenance)
         self._watch: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
@@ -503,6 +544,9 @@ class Daemon:
                 InstanceRunner(inst, self.netlink, by_if[inst.interface] - set(inst.vip_addresses))
                 for inst in self.cfg.instances
             ]
+            kept = self._read_state()
+            for r in self.runners:
+                r.maintenance = r.name in kept
             self._watch = loop.create_task(watch_netlink(self._on_netlink), name="vrrp netlink")
             try:
                 for r in self.runners:
@@ -547,8 +591,61 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "started": round(self.started, 3),
+            "state_file": self.cfg.state_file,
             "instances": [r.status() for r in self.runners],
         }
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def set_maintenance(self, on: bool, names: list[str] | None, who: str) -> list[str]:
+        """Maintenance on or off for ``names`` (None: every instance); the names that
+        changed. KeyError for an unknown name, OSError if the state file cannot be
+        written: in both cases nothing changed."""
+        by_name = {r.name: r for r in self.runners}
+        chosen = [by_name[n] for n in names] if names is not None else list(self.runners)
+        wanted = {r.name for r in self.runners if r.maintenance}
+        wanted = wanted | {r.name for r in chosen} if on else wanted - {r.name for r in chosen}
+        if wanted != {r.name for r in self.runners if r.maintenance}:
+            self._write_state(wanted)
+        reason = f"maintenance {'on' if on else 'off'} (by {who})"
+        return [r.name for r in chosen if r.set_maintenance(on, reason)]
+
+    def _read_state(self) -> set[str]:
+        if self.cfg.state_file is None:
+            return set()
+        try:
+            doc = json.loads(Path(self.cfg.state_file).read_text(encoding="utf-8"))
+            names = set(doc["maintenance"])
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("cannot read the state file %s (%s): starting without maintenance", self.cfg.state_file, exc)
+            return set()
+        known = {inst.name for inst in self.cfg.instances}
+        if names - known:
+            log.warning("state file %s: no instance named %s (ignored)", self.cfg.state_file,
+                        ", ".join(sorted(names - known)))
+        if names & known:
+            log.warning("in maintenance since before this start: %s (fleetproxy vrrp maintenance off releases)",
+                        ", ".join(sorted(names & known)))
+        return names & known
+
+    def _write_state(self, names: set[str]) -> None:
+        if self.cfg.state_file is None:
+            return
+        path = Path(self.cfg.state_file)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"maintenance": sorted(names)}, fh)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     async def _open_status(self) -> None:
         path = Path(self.cfg.status_socket)
@@ -561,7 +658,7 @@ class Daemon:
             else:
                 w.close()
                 raise SystemExit(f"another fleetproxy vrrp answers on {path}; not starting")
-        self._server = await asyncio.start_unix_server(self._serve_status, path=str(path))
+        self._server = await asyncio.start_unix_server(self._control.handle, path=str(path))
         os.chmod(path, 0o666)
 
     async def _close_status(self) -> None:
@@ -572,14 +669,6 @@ class Daemon:
             with contextlib.suppress(OSError):
                 os.unlink(self.cfg.status_socket)
 
-    async def _serve_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(json.dumps(self.status()).encode() + b"\n")
-            await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
 
 
 def run(cfg: VrrpConfig) -> int:

@@ -271,7 +271,7 @@ class Lab:
         p = node.popen([sys.executable, "-m", "fleetproxy", "vrrp", "run", "-c", path], f"{node.ns}-vrrp.log")
         p.status_socket = cfg["status_socket"]  # type: ignore[attr-defined]
         if wait:
-            self.wait_state(node, ("BACKUP", "MASTER", "FAULT"), proc=p)
+            self.wait_state(node, ("BACKUP", "MASTER", "FAULT", "MAINT"), proc=p)
         return p
 
     def status(self, node: Node) -> dict | None:

@@ -18,7 +18,7 @@ Rule 3: the transitions are the table :data:`TRANSITIONS` below, keyed by
 end only evaluates the condition and applies the row; an event with no row in the
 current state is ignored (the RFC discards it). States and steps beyond the RFC are
 marked as such: FAULT (tracking said the node must not be master, as in keepalived),
-``preempt_delay``, announcing a priority change at once, and the split-brain heal:
+MAINT (an operator took the node out of service until released), ``preempt_delay``, announcing a priority change at once, and the split-brain heal:
 a master that yields sends one parting advertisement, and a master that hears a
 lower-priority master answers at once and re-sends gratuitous ARP, so whichever of
 two masters hears the other first, the winner re-announces the virtual addresses.
@@ -57,6 +57,7 @@ class State(enum.Enum):
     BACKUP = "BACKUP"
     MASTER = "MASTER"
     FAULT = "FAULT"  # not in the RFC: a failed tracker or interface keeps the node out
+    MAINT = "MAINT"  # not in the RFC: an operator keeps the node out until released
 
     def __str__(self) -> str:
         return self.value
@@ -71,6 +72,8 @@ class Event(enum.Enum):
     FAULT = "fault"
     RECOVER = "fault cleared"
     PRIORITY = "priority changed"
+    MAINT_ON = "maintenance on"
+    MAINT_OFF = "maintenance off"
 
 
 class Condition(enum.Enum):
@@ -78,6 +81,8 @@ class Condition(enum.Enum):
     OWNER = "Priority = 255 (address owner)"
     NOT_OWNER = "Priority < 255"
     ZERO = "advertisement Priority = 0 (the master is leaving)"
+    OTHER = "advertisement Priority > 0 (a master is there)"
+    FAULTED = "a tracker or the interface still fails"
     ACCEPT = "Preempt_Mode False, or advertisement Priority >= local Priority"
     PREEMPT_WAIT = "advertisement Priority < local Priority, preempt_delay still running"
     PREEMPT = "advertisement Priority < local Priority, Preempt_Mode True"
@@ -97,6 +102,7 @@ class Step(enum.Enum):
     START_ADVER_TIMER = "set Adver_Timer to Advertisement_Interval"
     OWN_INTERVAL = "set Master_Adver_Interval to Advertisement_Interval"
     LEARN_MASTER = "set Master_Adver_Interval from the ADVERTISEMENT; note the master"
+    FORGET_MASTER = "forget the master"
     START_MASTER_DOWN_TIMER = "set Master_Down_Timer to Master_Down_Interval"
     SKEW_MASTER_DOWN_TIMER = "set Master_Down_Timer to Skew_Time"
     CANCEL_TIMER = "cancel the running timer"
@@ -157,6 +163,26 @@ TRANSITIONS: dict[tuple[State, Event, Condition], tuple[State, tuple[Step, ...],
     (S.FAULT, E.RECOVER, C.OWNER): (S.MASTER, _BECOME_MASTER, "as startup, RFC 5798 6.4.1"),
     (S.FAULT, E.RECOVER, C.NOT_OWNER): (S.BACKUP, _BECOME_BACKUP, "as startup, RFC 5798 6.4.1"),
     (S.FAULT, E.SHUTDOWN, C.ANY): (S.INITIALIZE, (), "not in the RFC"),
+    # -- Maintenance (beyond the RFC) ------------------------------------------------
+    # An operator takes the node out (`fleetproxy vrrp maintenance on`) until released.
+    # A master leaves as on shutdown, with a priority-0 advertisement, so a backup takes
+    # over after Skew_Time instead of Master_Down_Interval. In MAINT adverts are only
+    # observed (who is master now); faults and priority changes wait for the release.
+    (S.INITIALIZE, E.MAINT_ON, C.ANY): (S.MAINT, (), "beyond the RFC: maintenance from the start"),
+    (S.BACKUP, E.MAINT_ON, C.ANY): (
+        S.MAINT, (A.CANCEL_TIMER,), "beyond the RFC: maintenance; a Backup is silent, it stops competing",
+    ),
+    (S.MASTER, E.MAINT_ON, C.ANY): (
+        S.MAINT, (A.CANCEL_TIMER, A.SEND_ADVERT_ZERO, A.REMOVE_VIPS),
+        "beyond the RFC: maintenance; leave as on shutdown (RFC 5798 6.4.3)",
+    ),
+    (S.FAULT, E.MAINT_ON, C.ANY): (S.MAINT, (), "beyond the RFC: maintenance"),
+    (S.MAINT, E.ADVERT, C.OTHER): (S.MAINT, (A.LEARN_MASTER,), "beyond the RFC: observe who is master"),
+    (S.MAINT, E.ADVERT, C.ZERO): (S.MAINT, (A.FORGET_MASTER,), "beyond the RFC: observe that the master left"),
+    (S.MAINT, E.MAINT_OFF, C.FAULTED): (S.FAULT, (), "beyond the RFC: released, but a fault remains"),
+    (S.MAINT, E.MAINT_OFF, C.OWNER): (S.MASTER, _BECOME_MASTER, "released: as startup, RFC 5798 6.4.1"),
+    (S.MAINT, E.MAINT_OFF, C.NOT_OWNER): (S.BACKUP, _BECOME_BACKUP, "released: as startup, RFC 5798 6.4.1"),
+    (S.MAINT, E.SHUTDOWN, C.ANY): (S.INITIALIZE, (), "beyond the RFC"),
 }
 
 _EXTERNAL = {A.SEND_ADVERT, A.SEND_ADVERT_ZERO, A.ADD_VIPS, A.REMOVE_VIPS, A.SEND_GARP}
@@ -310,6 +336,14 @@ class VirtualRouter:
         cond = C.OWNER if self.owner else C.NOT_OWNER
         return self._apply(E.RECOVER, cond, now, reason)
 
+    def enter_maintenance(self, now: float, reason: str = "maintenance on") -> list[Action]:
+        return self._apply(E.MAINT_ON, C.ANY, now, reason)
+
+    def leave_maintenance(self, now: float, faulted: bool = False, reason: str = "maintenance off") -> list[Action]:
+        """Release maintenance; ``faulted``: a tracker or the link still fails (the shell knows)."""
+        cond = C.FAULTED if faulted else C.OWNER if self.owner else C.NOT_OWNER
+        return self._apply(E.MAINT_OFF, cond, now, reason)
+
     def set_priority(self, priority: int, now: float, reason: str = "") -> list[Action]:
         if not 1 <= priority <= 255:
             raise ValueError(f"priority {priority} out of range 1-255")
@@ -333,6 +367,8 @@ class VirtualRouter:
         self._advert = (src, priority, max_adver_int)
         if priority == 0:
             return self._apply(E.ADVERT, C.ZERO, now, "priority-0 advertisement from {who}: master left")
+        if self.state is S.MAINT:
+            return self._apply(E.ADVERT, C.OTHER, now, "advertisement from {who} priority {prio}")
         if self.state is S.BACKUP:
             if not self.preempt or priority >= self.priority:
                 self._preempt_at = None
@@ -371,7 +407,8 @@ class VirtualRouter:
             self._preempt_at = None
         if new is S.MASTER:
             self.master_address, self.master_priority = self.address, self.priority
-        elif new is not S.BACKUP:
+        elif new is not S.BACKUP and (new is not S.MAINT or old is not S.MAINT):
+            # MAINT keeps what it observes; entering it starts from nobody.
             self.master_address = self.master_priority = None
         if new is not old:
             if event is E.ADVERT:  # formatted only when it is shown
@@ -403,6 +440,8 @@ class VirtualRouter:
             # A zero interval is malformed; the codec rejects it, never divide by it here.
             self.master_adver_interval = max(1, interval)
             self.master_address, self.master_priority = src, priority
+        elif step is A.FORGET_MASTER:
+            self.master_address = self.master_priority = None
         elif step is A.START_MASTER_DOWN_TIMER:
             self._set_timer(E.MASTER_DOWN_TIMER, now + self.master_down_interval)
             self._timer_reason = (
