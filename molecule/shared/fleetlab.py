@@ -397,6 +397,81 @@ class VipWatch:
                     for e in self.events if e.t >= since]
 
 
+# ------------------------------------------------------------------- VRRP adverts
+
+class AdvertWatch:
+    """Every VRRP advertisement on a Docker network's bridge, as the host receives it
+    (AF_PACKET, kernel receive timestamps): who advertised when, with which priority.
+    The last advert of a master that was killed is its last sign of life."""
+
+    ETH_P_IP = 0x0800
+    SO_TIMESTAMPNS = 35
+    SOL_PACKET = 263
+    PACKET_ADD_MEMBERSHIP = 1
+    PACKET_MR_MULTICAST = 0
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self.interface = bridge_of(network)
+        self.adverts: list[tuple[float, str, int]] = []   # (monotonic, source, priority)
+        self._stop = threading.Event()
+        self._sock = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> AdvertWatch:
+        import socket
+        import struct
+
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(self.ETH_P_IP))
+        sock.bind((self.interface, 0))
+        # The bridge delivers the VRRP group's frames to the host only when asked to.
+        mreq = struct.pack("iHH8s", socket.if_nametoindex(self.interface), self.PACKET_MR_MULTICAST, 6,
+                           bytes.fromhex("01005e000012"))
+        sock.setsockopt(self.SOL_PACKET, self.PACKET_ADD_MEMBERSHIP, mreq)
+        sock.setsockopt(socket.SOL_SOCKET, self.SO_TIMESTAMPNS, 1)
+        sock.settimeout(0.2)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._read, daemon=True, name=f"adverts-{self.interface}")
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        import socket
+        import struct
+
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                data, ancdata, _flags, _addr = self._sock.recvmsg(2048, socket.CMSG_SPACE(16))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(data) < 28 or data[9] != 112:   # IPv4 protocol 112: VRRP
+                continue
+            t = time.monotonic()
+            for level, kind, value in ancdata:
+                if level == socket.SOL_SOCKET and kind == self.SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    t = min(t, mono_from_wall(sec + nsec / 1e9))
+            ihl = (data[0] & 0x0F) * 4
+            source = ".".join(str(b) for b in data[12:16])
+            self.adverts.append((t, source, data[ihl + 2]))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        if self._sock is not None:
+            self._sock.close()
+
+    def last_from(self, source: str, before: float | None = None) -> float | None:
+        """Time of the last advert with a priority above 0 from ``source``."""
+        times = [t for t, src, prio in list(self.adverts)
+                 if src == source and prio > 0 and (before is None or t <= before)]
+        return max(times, default=None)
+
+
 # -------------------------------------------------------------------- proxy state
 
 @dataclass
@@ -484,6 +559,18 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
 
 def dexec(container: str, *cmd: str, timeout: float = 120, check: bool = True) -> str:
     return docker("exec", container, *cmd, timeout=timeout, check=check)
+
+
+def bridge_of(network: str) -> str:
+    """The host interface of a Docker bridge network."""
+    name = docker("network", "inspect", "-f", '{{index .Options "com.docker.network.bridge.name"}}', network)
+    if name and name != "<no value>":
+        return name
+    return "br-" + docker("network", "inspect", "-f", "{{.Id}}", network)[:12]
+
+
+def container_ip(container: str) -> str:
+    return docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container).split()[0]
 
 
 def container_pid(container: str) -> int:
@@ -613,19 +700,23 @@ class Measurements:
         return row
 
     def table(self) -> str:
+        """A table narrow enough for Molecule's console (notes go below it)."""
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v * 1000:.0f}"
 
-        head = ("case", "measured ms", "bound ms", "failed/requests", "longest gap ms", "note")
+        head = ("#", "case", "ms", "bound", "failed/sent", "gap ms")
         body = [
-            (r.case, ms(r.measured_s), ms(r.bound_s),
-             "-" if r.requests is None else f"{r.failed}/{r.requests}", ms(r.gap_s), r.note)
-            for r in self.rows
+            (str(i), r.case, ms(r.measured_s), ms(r.bound_s),
+             "-" if r.requests is None else f"{r.failed}/{r.requests}", ms(r.gap_s))
+            for i, r in enumerate(self.rows, 1)
         ]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
         fmt = " | ".join(f"{{:<{w}}}" for w in widths)
         lines = [self.title, fmt.format(*head), "-+-".join("-" * w for w in widths)]
         lines += [fmt.format(*row) for row in body]
+        notes = [f"  {i}: {r.note}" for i, r in enumerate(self.rows, 1) if r.note]
+        if notes:
+            lines += ["", "ms: measured; gap: longest time without an answer at the client", *notes]
         return "\n".join(lines)
 
     def dump(self, path: str) -> None:

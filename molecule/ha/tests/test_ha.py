@@ -17,12 +17,13 @@ import time
 import fleetlab as lab
 import pytest
 
-PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
+SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.dirname(os.path.dirname(SCENARIO_DIR)))
 NODES = ["fp7h-lb1", "fp7h-lb2"]
 FLEETPROXY = "/opt/fleetproxy/venv/bin/fleetproxy"
 VRRP_CONFIG = "/etc/fleetproxy/vrrp.yml"
 RATE = 50.0
-REPORT = lab.Measurements("ha: failover of the proxy pair (times from the event to the VIP on the other node)")
+REPORT = lab.Measurements("ha: failover of the proxy pair (ms: from the event to the VIP on the peer)")
 lab.REPORTS.append(REPORT)
 
 
@@ -37,6 +38,8 @@ class Pair:
         self.vip = first["fleetproxy_vip_addresses"][0].split("/")[0]
         self.advert = lab.duration(first["fleetproxy_vip_advert_interval"])
         self.watch = lab.VipWatch(self.vip, NODES, interface=first.get("fleetproxy_vip_interface", "eth0"))
+        self.adverts = lab.AdvertWatch("fp7h-net")
+        self.address = {n: lab.container_ip(n) for n in NODES}
 
     def other(self, node: str) -> str:
         return self.secondary if node == self.primary else self.primary
@@ -53,7 +56,9 @@ class Pair:
 def pair():
     p = Pair()
     p.watch.start()
+    p.adverts.start()
     yield p
+    p.adverts.close()
     p.watch.close()
 
 
@@ -92,6 +97,20 @@ def wait_healthy_backends(node: str, timeout: float = 30.0) -> None:
 def assert_no_failures_after(results: list[lab.Request], t: float, what: str) -> None:
     late = lab.failures(lab.window(results, since=t))
     assert not late, f"{what}: requests failed after {t:.3f}: {[(r.seq, r.error) for r in late][:20]}"
+
+
+def kill(pair: Pair, master: str, backup: str) -> tuple[float, float, float]:
+    """docker kill the master; wait until the backup holds the VIP. Returns (the kill
+    command's time, the master's death, the VIP on the backup). The death is the later
+    of the command and the master's last advertisement: its last sign of life on the
+    network (Docker's own FinishedAt comes some 100 ms after the processes died)."""
+    t_cmd = time.monotonic()
+    lab.docker("kill", master)
+    pair.watch.mark_gone(master, t_cmd)
+    t_vip = pair.watch.wait_single(backup, timeout=5)
+    t_last = pair.adverts.last_from(pair.address[master], before=t_vip)
+    assert t_last is not None, f"no advertisement from {master} seen on the bridge"
+    return t_cmd, max(t_cmd, t_last), t_vip
 
 
 def restart_container(pair: Pair, node: str) -> float:
@@ -144,10 +163,10 @@ def test_stopping_fleetproxy_on_the_master_moves_the_vip_within_1s(pair):
     failover = t_vip - t_stop
     during = lab.window(results, since=t_cmd - 0.5, until=t_vip + 0.5)
     REPORT.add(lab.Row(
-        "fleetproxy stopped on the master (systemctl stop)", failover, 1.0,
+        "proxy stopped on the master", failover, 1.0,
         failed=len(lab.failures(results)), requests=len(results),
         gap_s=lab.longest_gap(results, t_cmd - 0.5, t_vip + 1.5),
-        note=f"from the command: {(t_vip - t_cmd) * 1000:.0f} ms",
+        note=f"from systemd's stop; from the command: {(t_vip - t_cmd) * 1000:.0f} ms",
     ))
     print(f"VIP events: {pair.watch.describe(t_cmd)}; during the move: {lab.summary(during)}")
     assert failover <= 1.0, f"VIP moved {failover:.3f}s after fleetproxy stopped"
@@ -162,8 +181,8 @@ def test_stopping_fleetproxy_on_the_master_moves_the_vip_within_1s(pair):
     t_start = time.monotonic()
     lab.dexec(master, "systemctl", "start", "fleetproxy")
     t_back = pair.watch.wait_single(master, timeout=15)
-    REPORT.add(lab.Row("fleetproxy started again: VIP back (preempt: true)", t_back - t_start, None,
-                       note="from systemctl start (includes health checks)"))
+    REPORT.add(lab.Row("proxy started again: VIP back", t_back - t_start, None,
+                       note="from systemctl start (start-up and health checks included)"))
     wait_healthy_backends(master)
 
 
@@ -173,30 +192,23 @@ def test_killing_the_master_moves_the_vip_within_master_down_interval(pair):
     traffic = pair.traffic(max_duration=60).start()
     try:
         time.sleep(1)
-        t_cmd = time.monotonic()
-        lab.docker("kill", master)
-        t_dead = lab.container_finished_at(master)
-        pair.watch.mark_gone(master, t_dead)
-        t_vip = pair.watch.wait_single(backup, timeout=5)
+        t_cmd, t_death, t_vip = kill(pair, master, backup)
         time.sleep(2.5)
     finally:
         results = traffic.stop()
-    failover = t_vip - t_dead
+    failover = t_vip - t_death
     fails = lab.failures(results)
     REPORT.add(lab.Row(
         "docker kill of the master", failover, bound,
         failed=len(fails), requests=len(results), gap_s=lab.longest_gap(results, t_cmd - 0.5, t_vip + 2),
-        note=f"Master_Down_Interval {pair.master_down_interval(backup) * 1000:.0f} ms; "
-             f"from the command: {(t_vip - t_cmd) * 1000:.0f} ms",
+        note=f"from its last advert; Master_Down_Interval {pair.master_down_interval(backup) * 1000:.0f} ms; "
+             f"from the kill command {(t_vip - t_cmd) * 1000:.0f} ms",
     ))
-    assert t_dead >= t_cmd - 0.01, (t_dead, t_cmd)
     assert failover <= bound, f"VIP moved {failover:.3f}s after the master died (bound {bound:.3f}s)"
-    # Requests sent to the dead node's MAC are retransmitted (TCP) to the new holder:
-    # only those in flight on the dead node at the kill may fail.
-    in_flight = [r for r in fails if r.start <= t_dead]
-    assert fails == in_flight, [(r.seq, round(r.start - t_dead, 3), r.error) for r in fails]
-    assert_no_failures_after(results, t_dead, "after the kill")
-
+    # Until the backup takes over, the dead container's namespace still has the VIP
+    # and refuses connections; once the backup holds it, nothing fails, and requests
+    # whose SYN went to the dead node are retransmitted to the new holder.
+    assert_no_failures_after(results, t_vip + 0.05, "after the move")
 
 def test_old_master_returns_and_preempts(pair):
     """preempt: true (the inventory's setting): the returning higher-priority node takes
@@ -213,9 +225,9 @@ def test_old_master_returns_and_preempts(pair):
     overlaps = pair.watch.overlaps(t_start)
     longest = max((b - a for a, b in overlaps), default=0.0)
     REPORT.add(lab.Row(
-        "old master back, preempt: true: both holding the VIP", longest, 2 * pair.advert,
+        "old master back (preempt): overlap", longest, 2 * pair.advert,
         failed=len(lab.failures(results)), requests=len(results),
-        note=f"took the VIP back {t_back - t_start:.1f} s after docker start (boot included)",
+        note=f"overlap: both held the VIP; took it back {t_back - t_start:.1f} s after docker start (boot included)",
     ))
     assert longest <= 2 * pair.advert, f"both held the VIP for {longest:.3f}s: {pair.watch.describe(t_start)}"
     assert vrrp_status(current)["state"] == "BACKUP"
@@ -234,12 +246,10 @@ def test_old_master_returns_without_preempt(pair):
         master = pair.watch.holders()[0]
         backup = pair.other(master)
         wait_healthy_backends(backup)
-        lab.docker("kill", master)
-        t_dead = lab.container_finished_at(master)
-        pair.watch.mark_gone(master, t_dead)
-        t_vip = pair.watch.wait_single(backup, timeout=5)
-        REPORT.add(lab.Row("docker kill of the master (preempt: false)", t_vip - t_dead,
-                           pair.master_down_interval(backup) + 0.5))
+        _t_cmd, t_death, t_vip = kill(pair, master, backup)
+        bound = pair.master_down_interval(backup) + 0.5
+        REPORT.add(lab.Row("docker kill (preempt: false)", t_vip - t_death, bound))
+        assert t_vip - t_death <= bound
 
         traffic = pair.traffic(max_duration=120).start()
         try:
@@ -255,9 +265,9 @@ def test_old_master_returns_without_preempt(pair):
             results = traffic.stop()
         overlaps = pair.watch.overlaps(t_start)
         longest = max((b - a for a, b in overlaps), default=0.0)
-        REPORT.add(lab.Row("old master back, preempt: false: both holding the VIP", longest, 2 * pair.advert,
+        REPORT.add(lab.Row("old master back (no preempt): overlap", longest, 2 * pair.advert,
                            failed=len(lab.failures(results)), requests=len(results),
-                           note="the VIP stayed on the new master"))
+                           note="overlap: both held the VIP; the VIP stayed on the new master"))
         assert longest <= 2 * pair.advert, pair.watch.describe(t_start)
         assert lab.failures(results) == [], lab.summary(results)
         wait_healthy_backends(master)
@@ -277,7 +287,11 @@ def test_node_maintenance_moves_the_vip_away_and_back_without_failed_requests(pa
     try:
         time.sleep(1)
         t0 = time.monotonic()
-        lab.playbook(maintenance, "--limit", master)
+        lab.playbook(maintenance, extra_vars={
+            "fleetproxy_maintenance_hosts": master,
+            "fleetproxy_maintenance_tasks": os.path.join(SCENARIO_DIR, "maintenance_tasks.yml"),
+            "fleetproxy_maintenance_wait_master": True,
+        })
         time.sleep(2)
     finally:
         results = traffic.stop()
@@ -288,7 +302,7 @@ def test_node_maintenance_moves_the_vip_away_and_back_without_failed_requests(pa
     assert pair.watch.holders() == [master]
     fails = lab.failures(results)
     REPORT.add(lab.Row(
-        "node_maintenance.yml: away and back", None, None,
+        "node_maintenance.yml away and back", None, None,
         failed=len(fails), requests=len(results), gap_s=lab.longest_gap(results, t0, results[-1].end),
         note=f"VIP on {backup} for {back.t - away.t:.1f} s",
     ))

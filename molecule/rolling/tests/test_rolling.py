@@ -131,8 +131,8 @@ def test_rolling_backend_change_upgrades_every_server(fleet):
     lab.playbook(
         os.path.join(PROJECT_DIR, "playbooks", "rolling_backend_change.yml"),
         extra_vars={
-            "fleetproxy_rolling_backend": BACKEND,
-            "fleetproxy_rolling_tasks": os.path.join(SCENARIO_DIR, "upgrade_backend.yml"),
+            "fleetproxy_roll_hosts": "fp7r-app1:fp7r-app2:fp7r-app3",
+            "fleetproxy_roll_tasks": os.path.join(SCENARIO_DIR, "upgrade_backend.yml"),
             "fleet_app_new_version": NEW,
         },
     )
