@@ -94,7 +94,8 @@ def assert_runtime_is_intent(fleet: Fleet, when: str, timeout: float = 30.0) -> 
             if got == want and healthy:
                 break
             if time.monotonic() > deadline:
-                raise AssertionError(f"{when}: {node} runs {json.dumps(servers, indent=1)}; intent {want}")
+                brief = {n: {k: s[k] for k in ("address", "state", "health")} for n, s in servers.items()}
+                raise AssertionError(f"{when}: {node} runs {json.dumps(brief)}; intent {want}")
             time.sleep(1)
 
 
