@@ -91,7 +91,8 @@ ansible-lint: $(ANSIBLE_STAMP) collection-link
 ansible-syntax: $(ANSIBLE_STAMP) collection-link
 	$(BIN)/ansible-inventory -i inventories/example --list >/dev/null
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/collections \
-	  $(BIN)/ansible-playbook -i inventories/example --syntax-check playbooks/site.yml
+	  $(BIN)/ansible-playbook -i inventories/example --syntax-check \
+	  playbooks/site.yml playbooks/rolling_backend_change.yml playbooks/node_maintenance.yml
 
 ansible-sanity: $(ANSIBLE_STAMP)
 	$(TIME) tests/ansible-sanity.sh

@@ -1,8 +1,9 @@
-"""Verify the default scenario: one proxy in front of two demo backends.
+"""Verify the default scenario: one proxy in front of two demo backends, with HTTPS and a
+virtual IP (fleetproxy vrrp, master alone).
 
 Commands run in the containers through testinfra's docker backend; client traffic
-goes from fpa-backend1 to the proxy's address on the scenario network, so it crosses
-a real network and the proxy's listener on *:80.
+goes from backend1 to the proxy's address on the scenario network, so it crosses
+a real network and the proxy's listeners on *:80 and *:443.
 """
 
 import hashlib
@@ -10,16 +11,26 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 import testinfra
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tls_certs  # noqa: E402  (the scenario's certificate maker)
+
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_DIR = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.dirname(os.path.dirname(SCENARIO_DIR)))
 NET = os.environ.get("FLEETPROXY_MOLECULE_NET", "198.18.211")
+PREFIX = os.environ.get("FLEETPROXY_MOLECULE_PREFIX", "fpa")
+PROXY_HOST, CLIENT_HOST = f"{PREFIX}-proxy1", f"{PREFIX}-backend1"
 PROXY_URL = f"http://{NET}.10/"
+VIP = f"{NET}.100"
+TLS_DIR = os.path.join(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"), "tls")
+TLS_NAME = "proxy.molecule.test"
+CAP_NET_ADMIN, CAP_NET_RAW = 1 << 12, 1 << 13
 CONFIG = "/etc/fleetproxy/fleetproxy.yml"
 FLEETPROXY = "/opt/fleetproxy/venv/bin/fleetproxy"
 CAP_NET_BIND_SERVICE = 1 << 10
@@ -61,12 +72,12 @@ print(json.dumps({"status": r.status, "body": json.loads(r.read() or b"null")}))
 
 @pytest.fixture(scope="module")
 def proxy():
-    return testinfra.get_host("docker://fpa-proxy1")
+    return testinfra.get_host(f"docker://{PROXY_HOST}")
 
 
 @pytest.fixture(scope="module")
 def client():
-    return testinfra.get_host("docker://fpa-backend1")
+    return testinfra.get_host(f"docker://{CLIENT_HOST}")
 
 
 def send_requests(client, count):
@@ -114,30 +125,35 @@ def run_site(*extra_args):
     """Run the site playbook against the proxy; returns (returncode, plain output)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     run = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "fpa-proxy1",
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", PROXY_HOST,
          *extra_args, os.path.join(PROJECT_DIR, "playbooks", "site.yml")],
         capture_output=True, text=True, timeout=600, check=False, env=env,
     )
     return run.returncode, run.stdout + run.stderr
 
 
-def backend_server(**args):
-    """Run fleetproxy.fleet.backend_server on the proxy; returns (status word, result)."""
+def run_module(module, **args):
+    """Run a module of the collection on the proxy; returns (status word, result)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     run = subprocess.run(
-        ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "fpa-proxy1", "-m", "fleetproxy.fleet.backend_server",
+        ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], PROXY_HOST, "-b", "-m", f"fleetproxy.fleet.{module}",
          "-a", json.dumps(args)],
         capture_output=True, text=True, timeout=300, check=False, env=env,
     )
-    match = re.match(r"fpa-proxy1 \| (\w+)[^{]*(\{.*\})\s*$", run.stdout, re.S)
+    # A failure is preceded by an "[ERROR]: Task failed: ..." summary: find the result line.
+    match = re.search(r"^%s \| (\w+)[^{\n]*(\{.*\})\s*$" % re.escape(PROXY_HOST), run.stdout, re.S | re.M)
     assert match, run.stdout + run.stderr
     return match.group(1), json.loads(match.group(2))
 
 
+def backend_server(**args):
+    return run_module("backend_server", **args)
+
+
 def handler_result(output, name):
     """'changed', 'ok' or 'skipping' for a handler that ran, None if it was not notified."""
-    match = re.search(
-        r"RUNNING HANDLER \[fleetproxy\.fleet\.proxy : %s\][^\n]*\n(\w+): \[fpa-proxy1\]" % re.escape(name), output)
+    pattern = r"RUNNING HANDLER \[fleetproxy\.fleet\.proxy : %s\][^\n]*\n(\w+): \[%s\]"
+    match = re.search(pattern % (re.escape(name), re.escape(PROXY_HOST)), output)
     return match.group(1) if match else None
 
 
@@ -187,7 +203,7 @@ def test_rendered_config_passes_check(proxy):
 
 def test_config_is_the_inventory_one_to_one(proxy):
     rendered = yaml.safe_load(proxy.file(CONFIG).content_string)
-    hostvars = inventory_vars("fpa-proxy1")
+    hostvars = inventory_vars(PROXY_HOST)
     # The role adds the admin sockets and the state file; the inventory sets no such key.
     role_global = {
         "admin": {"socket": "/run/fleetproxy/admin.sock", "runtime_socket": "/run/fleetproxy/runtime.sock"},
@@ -233,13 +249,13 @@ def test_broken_variable_fails_at_validation_and_keeps_the_proxy(proxy, client, 
     before_sha = hashlib.sha256(proxy.file(CONFIG).content).hexdigest()
     before_pid = main_pid(proxy)
     broken = tmp_path / "broken.json"
-    frontends = inventory_vars("fpa-proxy1")["fleetproxy_frontends"]
+    frontends = inventory_vars(PROXY_HOST)["fleetproxy_frontends"]
     frontends[0]["default_backend"] = "missing_back"
     broken.write_text(json.dumps({"fleetproxy_frontends": frontends}))
 
     returncode, output = run_site("-e", f"@{broken}")
     assert returncode != 0, output
-    fatal = output.index("fatal: [fpa-proxy1]")
+    fatal = output.index(f"fatal: [{PROXY_HOST}]")
     failed_task = output.rindex("TASK [", 0, fatal)
     assert output.startswith("TASK [fleetproxy.fleet.proxy : Render /etc/fleetproxy/fleetproxy.yml]", failed_task), output
     assert "failed to validate" in output
@@ -280,7 +296,7 @@ def test_config_change_reloads_without_restart(proxy, client):
     """A weight change touches only the configuration: the reload handler runs, the
     master keeps its PID, and the new weights take effect. Put back afterwards."""
     before_pid = main_pid(proxy)
-    backends = inventory_vars("fpa-proxy1")["fleetproxy_backends"]
+    backends = inventory_vars(PROXY_HOST)["fleetproxy_backends"]
     backends[0]["servers"][0]["weight"] = 1
     try:
         returncode, output = run_site("-e", json.dumps({"fleetproxy_backends": backends}))
@@ -325,3 +341,211 @@ def test_backend_server_drain_and_ready_show_in_traffic(proxy, client):
     ready = send_requests(client, 40)
     assert ready["failures"] == []
     assert 27 <= ready["seen"].get("server1", 0) <= 33, ready
+
+
+# -- TLS: certificates from the inventory, HTTPS through the proxy, reload on change --------
+
+# N HTTPS requests to host:443 with SNI `name`, verified against the CA given as PEM text;
+# prints the servers seen, the failures and the SHA-256 of each certificate presented.
+HTTPS_CLIENT = r"""
+import collections, hashlib, http.client, json, socket, ssl, sys
+host, name, ca, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = ssl.create_default_context(cadata=ca)
+seen = collections.Counter(); failures = []; prints = set()
+for _ in range(n):
+    try:
+        sock = ctx.wrap_socket(socket.create_connection((host, 443), timeout=5), server_hostname=name)
+        prints.add(hashlib.sha256(sock.getpeercert(True)).hexdigest())
+        conn = http.client.HTTPConnection(host, 443, timeout=5)
+        conn.sock = sock
+        conn.request("GET", "/", headers={"Connection": "close"})
+        resp = conn.getresponse(); resp.read(); conn.close()
+        if resp.status == 200:
+            seen[resp.getheader("X-Served-By") or "?"] += 1
+        else:
+            failures.append(resp.status)
+    except (OSError, ssl.SSLError) as exc:
+        failures.append(repr(exc))
+print(json.dumps({"seen": seen, "failures": failures, "fingerprints": sorted(prints)}))
+"""
+
+
+def https_requests(client, count, host=None, name=TLS_NAME):
+    with open(os.path.join(TLS_DIR, "ca.pem")) as fh:
+        ca = fh.read()
+    out = client.check_output("python3 -c %s %s %s %s %s", HTTPS_CLIENT, host or f"{NET}.10", name, ca, str(count))
+    return json.loads(out)
+
+
+def fingerprint(pem_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    with open(pem_path, "rb") as fh:
+        return x509.load_pem_x509_certificates(fh.read())[0].fingerprint(hashes.SHA256()).hex()
+
+
+def test_certificate_is_installed_for_the_service_user_only(proxy):
+    cert = proxy.file("/etc/fleetproxy/certs/molecule.pem")
+    assert (cert.user, cert.group, cert.mode) == ("fleetproxy", "fleetproxy", 0o600)
+    directory = proxy.file("/etc/fleetproxy/certs")
+    assert (directory.user, directory.group, directory.mode) == ("root", "fleetproxy", 0o750)
+    content = cert.content_string
+    # The chain (server certificate, CA), then the key from key_src: one file.
+    assert content.count("BEGIN CERTIFICATE") == 2 and content.index("PRIVATE KEY") > content.rindex("END CERTIFICATE")
+
+
+def test_https_through_the_proxy(proxy, client):
+    wait_until_healthy(proxy)
+    result = https_requests(client, 20)
+    assert result["failures"] == []
+    assert sum(result["seen"].values()) == 20 and set(result["seen"]) == {"server1", "server2"}
+    assert result["fingerprints"] == [fingerprint(os.path.join(TLS_DIR, "server.pem"))]
+
+
+def test_certificate_change_reloads_without_restart(proxy, client):
+    """A renewed certificate (same file name) reloads fleetproxy: same master PID, new
+    handshakes present the new certificate. The inventory's is put back afterwards."""
+    renewed = tls_certs.server(TLS_DIR, "renewed", [TLS_NAME, f"{NET}.10", VIP])
+    before_pid = main_pid(proxy)
+    certs = [{"name": "molecule.pem", "src": os.path.join(TLS_DIR, "renewed.pem"),
+              "key_src": os.path.join(TLS_DIR, "renewed.key")}]
+    try:
+        returncode, output = run_site("-e", json.dumps({"fleetproxy_certificates": certs}))
+        assert returncode == 0, output
+        assert handler_result(output, "Reload fleetproxy") == "changed", output
+        assert handler_result(output, "Restart fleetproxy") is None, output
+        assert "BEGIN" not in output  # no_log: no key material in the output
+        assert main_pid(proxy) == before_pid
+        result = https_requests(client, 6)
+        assert result["failures"] == [] and result["fingerprints"] == [renewed], result
+    finally:
+        returncode, output = run_site()
+    assert returncode == 0, output
+    assert handler_result(output, "Reload fleetproxy") == "changed", output
+    assert main_pid(proxy) == before_pid
+    assert https_requests(client, 2)["fingerprints"] == [fingerprint(os.path.join(TLS_DIR, "server.pem"))]
+
+
+def test_unusable_certificate_fails_and_changes_nothing(proxy, client):
+    tls_certs.server(TLS_DIR, "mismatched", [TLS_NAME], mismatched_key=True)
+    path = "/etc/fleetproxy/certs/molecule.pem"
+    before_sha = hashlib.sha256(proxy.file(path).content).hexdigest()
+    before_pid = main_pid(proxy)
+    certs = [{"name": "molecule.pem", "src": os.path.join(TLS_DIR, "mismatched.pem"),
+              "key_src": os.path.join(TLS_DIR, "mismatched.key")}]
+    returncode, output = run_site("-e", json.dumps({"fleetproxy_certificates": certs}))
+    assert returncode != 0, output
+    assert "molecule.pem: the private key does not match the certificate" in output, output
+    assert "BEGIN" not in output
+    assert handler_result(output, "Reload fleetproxy") is None, output
+    assert hashlib.sha256(proxy.file(path).content).hexdigest() == before_sha
+    assert main_pid(proxy) == before_pid
+    result = https_requests(client, 4)
+    assert result["failures"] == [] and result["fingerprints"] == [fingerprint(os.path.join(TLS_DIR, "server.pem"))]
+
+
+# -- The virtual IP: fleetproxy vrrp deployed by the vip role (one node: master alone) ------
+
+VRRP = "/opt/fleetproxy/venv/bin/fleetproxy vrrp"
+
+
+def vrrp_status(proxy):
+    doc = json.loads(proxy.check_output(f"{VRRP} status --json"))
+    return doc["instances"][0]
+
+
+def wait_vrrp(proxy, predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            st = vrrp_status(proxy)
+        except (AssertionError, ValueError, RuntimeError):
+            st = None
+        if st is not None and predicate(st):
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fleetproxy vrrp: condition not met within {timeout}s: {st}")
+        time.sleep(0.2)
+
+
+def has_vip(proxy):
+    return f"inet {VIP}/24" in proxy.check_output("ip -4 addr show dev eth0")
+
+
+def test_vrrp_runs_hardened_with_two_capabilities(proxy):
+    service = proxy.service("fleetproxy-vrrp")
+    assert service.is_running and service.is_enabled
+    props = dict(line.split("=", 1) for line in proxy.check_output(
+        "systemctl show -p User -p NoNewPrivileges -p ProtectSystem -p RuntimeDirectory fleetproxy-vrrp").splitlines())
+    assert props == {"User": "fleetproxy-vrrp", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+                     "RuntimeDirectory": "fleetproxy-vrrp"}
+    pid = int(proxy.check_output("systemctl show -p MainPID --value fleetproxy-vrrp"))
+    status = dict(line.split(":", 1) for line in proxy.file(f"/proc/{pid}/status").content_string.splitlines()
+                  if ":" in line)
+    assert status["Uid"].split()[0] == str(proxy.user("fleetproxy-vrrp").uid)
+    for field in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        assert int(status[field].strip(), 16) == CAP_NET_ADMIN | CAP_NET_RAW, field
+    # In the proxy's group: the admin socket (0660) is reachable for tracking.
+    assert "fleetproxy" in proxy.user("fleetproxy-vrrp").groups
+    result = proxy.run(f"{VRRP} check -c /etc/fleetproxy/vrrp.yml")
+    assert result.rc == 0, result.stderr
+    sock = proxy.file("/run/fleetproxy-vrrp/vrrp.sock")
+    assert sock.is_socket and sock.mode == 0o666
+
+
+def test_vip_is_held_and_serves(proxy, client):
+    st = wait_vrrp(proxy, lambda s: s["state"] == "MASTER")
+    assert st["vips_held"] and st["vrid"] == 61 and st["priority"] == 150  # first of the group
+    assert st["track"] == [{"kind": "proxy", "target": "/run/fleetproxy/admin.sock", "weight": 0,
+                            "healthy": True, "detail": "status 200"}]
+    assert has_vip(proxy)
+    wait_until_healthy(proxy)
+    result = json.loads(client.check_output("python3 -c %s %s %s", CLIENT, f"http://{VIP}/", "10"))
+    assert result["failures"] == [] and sum(result["seen"].values()) == 10
+    https = https_requests(client, 2, host=VIP)
+    assert https["failures"] == []
+
+
+def test_vrrp_follows_the_proxy(proxy):
+    """The proxy stopped: tracking (200 ms, fall 2) puts the instance in FAULT and the VIP
+    goes; the proxy back: MASTER again."""
+    try:
+        proxy.check_output("systemctl stop fleetproxy")
+        st = wait_vrrp(proxy, lambda s: s["state"] == "FAULT", timeout=5)
+        assert "track proxy /run/fleetproxy/admin.sock down" in st["reason"]
+        assert not has_vip(proxy)
+    finally:
+        proxy.check_output("systemctl start fleetproxy")
+    wait_vrrp(proxy, lambda s: s["state"] == "MASTER", timeout=10)
+    assert has_vip(proxy)
+    wait_until_healthy(proxy)
+
+
+def test_vrrp_state_without_a_peer_rolls_back(proxy):
+    status, result = run_module("vrrp_state", state="maintenance", wait_timeout=2)
+    assert status == "FAILED", result
+    assert "no peer took over the virtual IPs within 2s" in result["msg"]
+    assert "Maintenance was switched off again for vip" in result["msg"]
+    wait_vrrp(proxy, lambda s: s["state"] == "MASTER" and not s["maintenance"], timeout=10)
+    assert has_vip(proxy)
+
+
+def test_maintenance_survives_a_restart_of_the_daemon(proxy, client):
+    try:
+        status, result = run_module("vrrp_state", state="maintenance", wait=False)
+        assert status == "CHANGED", result
+        st = wait_vrrp(proxy, lambda s: s["state"] == "MAINT", timeout=5)
+        assert not st["vips_held"] and not has_vip(proxy)
+        proxy.check_output("systemctl restart fleetproxy-vrrp")
+        st = wait_vrrp(proxy, lambda s: s["state"] == "MAINT", timeout=10)
+        assert "kept in the state file" in st["reason"]
+        time.sleep(1.0)  # ten advert intervals: still out
+        assert vrrp_status(proxy)["state"] == "MAINT" and not has_vip(proxy)
+        assert json.loads(proxy.file("/var/lib/fleetproxy-vrrp/state.json").content_string) == {"maintenance": ["vip"]}
+    finally:
+        status, result = run_module("vrrp_state", state="active", wait_master=True, wait_timeout=20)
+    assert status == "CHANGED", result
+    assert result["instances"][0]["state"] == "MASTER" and has_vip(proxy)
+    out = json.loads(client.check_output("python3 -c %s %s %s", CLIENT, f"http://{VIP}/", "4"))
+    assert out["failures"] == []
