@@ -160,6 +160,7 @@ def up(fleet: Fleet) -> None:
 
     master = max(fleet.proxies, key=lambda p: fleet.priority[p])
     backup = next(p for p in fleet.proxies if p != master)
+    adverts = lab.AdvertWatch(fleet.network).start()
     with lab.VipWatch(fleet.vip, fleet.proxies) as watch:
         watch.wait_single(master, timeout=30)
         fleet.wait_ready()
@@ -174,18 +175,21 @@ def up(fleet: Fleet) -> None:
         time.sleep(1.0)
         t_cmd = time.monotonic()
         lab.docker("kill", master)
-        t_dead = lab.container_finished_at(master)
-        watch.mark_gone(master, t_dead)
+        watch.mark_gone(master, t_cmd)
         t_vip = watch.wait_single(backup, timeout=10)
         time.sleep(2.0)
         results = traffic.stop()
+        t_last = adverts.last_from(fleet.hostvars[master]["demo_address"], before=t_vip)
+        t_death = max(t_cmd, t_last) if t_last is not None else t_cmd
         gap = lab.longest_gap(results, t_cmd - 0.5, t_vip + 1.5)
         fails = lab.failures(results)
         mdi = 3 * fleet.advert + (256 - fleet.priority[backup]) * fleet.advert / 256
-        say(f"     {backup} holds the VIP {1000 * (t_vip - t_dead):.0f} ms after {master} died "
-            f"(VRRP Master_Down_Interval: {1000 * mdi:.0f} ms; {backup} is now {fleet.vrrp_state(backup)})")
+        say(f"     {backup} holds the VIP {1000 * (t_vip - t_death):.0f} ms after {master}'s last VRRP advertisement "
+            f"(Master_Down_Interval {1000 * mdi:.0f} ms); {backup} is now {fleet.vrrp_state(backup)}")
         say(f"     the client: {len(results)} requests, {len(fails)} failed, longest time without an answer "
-            f"{1000 * gap:.0f} ms (requests sent meanwhile waited for TCP's retransmission)")
+            f"{1000 * gap:.0f} ms")
+        say("     (until the backup takes over, the dead container's network namespace still holds the VIP and")
+        say("      refuses connections; requests whose SYN was lost are retransmitted by TCP to the new master)")
         after = lab.window(results, since=t_vip + 0.1)
         say(f"     answers after the failover, all through {backup}:")
         say(spread(after))
@@ -200,6 +204,7 @@ def up(fleet: Fleet) -> None:
         say(f"     {master} holds the VIP again {t_back - t_start:.1f} s after docker start (boot included); "
             f"both held it for {1000 * overlap:.0f} ms")
         fleet.wait_ready()
+    adverts.close()
     say()
     say(f"The fleet is running ({time.monotonic() - t_all:.0f} s):")
     say(f"  VIP         http://{fleet.vip}/            curl -si http://{fleet.vip}/")
