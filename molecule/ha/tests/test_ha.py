@@ -289,7 +289,7 @@ def test_node_maintenance_moves_the_vip_away_and_back_without_failed_requests(pa
         t0 = time.monotonic()
         lab.playbook(maintenance, extra_vars={
             "fleetproxy_maintenance_hosts": master,
-            "fleetproxy_maintenance_tasks": os.path.join(SCENARIO_DIR, "maintenance_tasks.yml"),
+            "fleetproxy_maintenance_tasks": os.path.join(SCENARIO_DIR, "tasks", "maintenance.yml"),
             "fleetproxy_maintenance_wait_master": True,
         })
         time.sleep(2)

@@ -2,7 +2,7 @@
 
 1. the fleet answers from server1..3 at version 1.0 through the VIP;
 2. playbooks/rolling_backend_change.yml upgrades every server in turn (the task file
-   ../upgrade_backend.yml restarts the application with version 2.0);
+   ../tasks/upgrade_backend.yml restarts the application with version 2.0);
 3. the `backend` module replaces server3 by server4 (a new host running 2.0) on both
    proxies, one at a time (../replace_server.yml, the inventory's new intent);
 4. a reload (before and after the configuration file follows the new intent) keeps the
@@ -133,7 +133,7 @@ def test_rolling_backend_change_upgrades_every_server(fleet):
         os.path.join(PROJECT_DIR, "playbooks", "rolling_backend_change.yml"),
         extra_vars={
             "fleetproxy_roll_hosts": "fp7r-app1:fp7r-app2:fp7r-app3",
-            "fleetproxy_roll_tasks": os.path.join(SCENARIO_DIR, "upgrade_backend.yml"),
+            "fleetproxy_roll_tasks": os.path.join(SCENARIO_DIR, "tasks", "upgrade_backend.yml"),
             "fleet_app_new_version": NEW,
         },
     )
