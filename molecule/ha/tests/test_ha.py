@@ -210,6 +210,7 @@ def test_killing_the_master_moves_the_vip_within_master_down_interval(pair):
     # whose SYN went to the dead node are retransmitted to the new holder.
     assert_no_failures_after(results, t_vip + 0.05, "after the move")
 
+
 def test_old_master_returns_and_preempts(pair):
     """preempt: true (the inventory's setting): the returning higher-priority node takes
     the VIP back, and the two never hold it together for more than 2 advert intervals."""
