@@ -704,7 +704,7 @@ class Measurements:
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v * 1000:.0f}"
 
-        head = ("#", "case", "ms", "bound", "failed/sent", "gap ms")
+        head = ("#", "case", "ms", "bound", "failed", "gap")
         body = [
             (str(i), r.case, ms(r.measured_s), ms(r.bound_s),
              "-" if r.requests is None else f"{r.failed}/{r.requests}", ms(r.gap_s))
@@ -716,7 +716,8 @@ class Measurements:
         lines += [fmt.format(*row) for row in body]
         notes = [f"  {i}: {r.note}" for i, r in enumerate(self.rows, 1) if r.note]
         if notes:
-            lines += ["", "ms: measured; gap: longest time without an answer at the client", *notes]
+            lines += ["", "ms: measured; failed: failed/sent requests; gap: longest time (ms) without",
+                      "an answer at the client", *notes]
         return "\n".join(lines)
 
     def dump(self, path: str) -> None:

@@ -148,7 +148,7 @@ def test_rolling_backend_change_upgrades_every_server(fleet):
     spans = sorted((a, b, s) for s, periods in windows.items() for a, b in periods if a >= t0)
     for (_a1, b1, s1), (a2, _b2, s2) in itertools.pairwise(spans):
         assert a2 >= b1, f"{s1} and {s2} were out of rotation together"
-    REPORT.add(lab.Row("rolling_backend_change.yml: 3 servers upgraded", took, None,
+    REPORT.add(lab.Row("rolling_backend_change.yml, 3 servers", took, None,
                        failed=len(lab.failures(lab.window(fleet.vip_traffic.completed(), since=t0))),
                        requests=len(lab.window(fleet.vip_traffic.completed(), since=t0)),
                        note="playbook time; failed/requests through the VIP"))
@@ -167,7 +167,7 @@ def test_backend_module_replaces_a_server_one_proxy_at_a_time(fleet):
     added_lb2 = next(s.t0 for s in fleet.poller.samples["fp7r-lb2"]
                      if s.t0 >= t0 and f"{BACKEND}/server4" in s.servers)
     assert gone_lb1 <= added_lb2, "fp7r-lb2 changed before fp7r-lb1 had finished"
-    REPORT.add(lab.Row("backend module: server3 -> server4, both proxies", took, None,
+    REPORT.add(lab.Row("backend module: server3 -> server4", took, None,
                        failed=len(lab.failures(lab.window(fleet.vip_traffic.completed(), since=t0))),
                        requests=len(lab.window(fleet.vip_traffic.completed(), since=t0)),
                        note="playbook time, serial: 1"))
