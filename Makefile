@@ -1,6 +1,8 @@
 # fleetproxy: the collection fleetproxy.fleet and the proxy it deploys.
 #
-#   make demo    the proxy on proxy/examples/quickstart.yml in front of two demo backends
+#   make demo    the example fleet in Docker: a proxy pair behind a VIP, backends, a failover
+#   make demo-down      removes the demo's containers
+#   make demo-local     the proxy alone on proxy/examples/quickstart.yml (no Docker)
 #   make test    every test: unit, integration, lint and sanity, Molecule scenarios
 #   make test-ansible   the collection's gates only (lint, sanity, module tests, build, Molecule)
 #   make bench   benchmarks against HAProxy (and keepalived), results in proxy/bench/
@@ -11,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo test test-proxy test-modules lint bench bench-failover clean \
+.PHONY: all venv demo demo-down demo-local test test-proxy test-modules lint bench bench-failover clean \
 	test-ansible ansible-venv ansible-lint ansible-sanity ansible-syntax ansible-build \
 	molecule molecule-image collection-link
 
@@ -34,7 +36,17 @@ $(ANSIBLE_STAMP): $(STAMP) tests/requirements-ansible.txt
 
 ansible-venv: $(ANSIBLE_STAMP)
 
-demo: $(STAMP)
+# The fleet demo (root; Docker is installed and started when missing): containers from
+# inventories/demo, deployed with playbooks/site.yml from this tree, then a failover.
+demo: $(ANSIBLE_STAMP) collection-link
+	.ci/docker.sh
+	molecule/images/build.sh
+	$(BIN)/python demo/fleet.py up
+
+demo-down: $(ANSIBLE_STAMP)
+	$(BIN)/python demo/fleet.py down
+
+demo-local: $(STAMP)
 	$(BIN)/fleetproxy demo -c proxy/examples/quickstart.yml
 
 test: test-proxy lint test-ansible
@@ -60,7 +72,7 @@ bench-failover: $(STAMP)
 # --- The Ansible collection fleetproxy.fleet --------------------------------------
 # Every gate prints its wall time. Molecule needs Docker and root (see .ci/run).
 ANSIBLE_ENV := PATH="$(CURDIR)/$(BIN):$$PATH"
-MOLECULE_SCENARIOS ?= default
+MOLECULE_SCENARIOS ?= default ha rolling
 TIME = TIMEFORMAT='[$@ took %0R s]'; time
 
 # build/collections/ansible_collections/fleetproxy/fleet -> this tree, for running

@@ -21,7 +21,7 @@ for wanted in MANIFEST.json meta/runtime.yml README.md changelogs/changelog.yaml
               proxy/pyproject.toml proxy/src/fleetproxy/cli.py proxy/src/fleetproxy/config.py; do
     grep -qx "$wanted" <<<"$listing" || { echo "missing from the tarball: $wanted" >&2; exit 1; }
 done
-if unwanted="$(grep -E '^(\.venv|\.git|\.ci|build|molecule|tests/output|proxy/bench|proxy/tests)(/|$)|__pycache__|\.pyc$|\.egg-info' <<<"$listing")"; then
+if unwanted="$(grep -E '^(\.venv|\.git|\.ci|build|molecule|demo|inventories/demo|tests/output|proxy/bench|proxy/tests)(/|$)|__pycache__|\.pyc$|\.egg-info' <<<"$listing")"; then
     echo "development files in the tarball:" >&2
     echo "$unwanted" >&2
     exit 1

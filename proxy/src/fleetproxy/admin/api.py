@@ -90,7 +90,10 @@ def _master(request: web.Request) -> Any:
 
 async def health(request: web.Request) -> web.Response:
     master = _master(request)
-    ready = [w for w in master._current() if w.ready.done() and not w.ready.exception()]
+    # Workers that serve: during a reload the old generation serves until the new one
+    # is ready (only then is it told to stop), so it counts; a reload must not look
+    # like an outage to `fleetproxy vrrp`'s tracking.
+    ready = [w for w in master.workers if not w.stopping and w.ready.done() and not w.ready.exception()]
     if master.stopping or not ready:
         return web.json_response({"status": "unavailable"}, status=503)
     return web.json_response({"status": "ok", "workers": len(ready)})
