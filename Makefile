@@ -5,7 +5,7 @@
 #   make demo-local     the proxy alone on proxy/examples/quickstart.yml (no Docker)
 #   make test    every test: unit, integration, lint and sanity, Molecule scenarios
 #   make test-ansible   the collection's gates only (lint, sanity, module tests, build, Molecule)
-#   make bench   benchmarks against HAProxy (and keepalived), results in proxy/bench/
+#   make bench   benchmarks against HAProxy and keepalived, results in proxy/bench/RESULTS*.md
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv demo demo-down demo-local test test-proxy test-modules lint bench bench-failover clean \
+.PHONY: all venv demo demo-down demo-local test test-proxy test-modules lint bench bench-proxy bench-failover clean \
 	test-ansible ansible-venv ansible-lint ansible-sanity ansible-syntax ansible-build \
 	molecule molecule-image collection-link
 
@@ -62,7 +62,11 @@ test-modules: $(ANSIBLE_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check proxy/src proxy/tests proxy/bench
 
-bench: $(STAMP)
+# Every benchmark: the data path against HAProxy, then failover against keepalived.
+bench: bench-proxy bench-failover
+
+# The data path against HAProxy; writes proxy/bench/RESULTS.md
+bench-proxy: $(STAMP)
 	$(BIN)/python proxy/bench/run.py
 
 # VRRP failover against keepalived (root: network namespaces); writes proxy/bench/RESULTS-failover.md
