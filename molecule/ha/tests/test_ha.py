@@ -170,9 +170,14 @@ def test_stopping_fleetproxy_on_the_master_moves_the_vip_within_1s(pair):
     ))
     print(f"VIP events: {pair.watch.describe(t_cmd)}; during the move: {lab.summary(during)}")
     assert failover <= 1.0, f"VIP moved {failover:.3f}s after fleetproxy stopped"
-    # Requests keep succeeding: once the backup holds the VIP (and has sent its
-    # gratuitous ARP) nothing fails any more, and both backends answer through it.
-    assert_no_failures_after(results, t_vip + 0.05, "after the move")
+    # Requests keep succeeding: the stopping proxy reports 503 on /v1/health at once
+    # and keeps serving for global.grace (the role sets 1s with a VIP), so the VIP
+    # moves before its listeners close; none fails, before, during or after the move.
+    fails = lab.failures(results)
+    assert fails == [], (
+        f"{len(fails)} of {len(results)} requests failed: "
+        f"{[(r.seq, round(r.start - t_cmd, 3), r.error) for r in fails][:20]}; VIP: {pair.watch.describe(t_cmd)}"
+    )
     after = lab.window(results, since=t_vip + 0.05)
     assert set(lab.served(after)) == {"server1", "server2"}, lab.summary(after)
 

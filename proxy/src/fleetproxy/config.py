@@ -345,6 +345,10 @@ class GlobalConfig(_Model):
     maxconn: int = Field(default=4096, ge=1, le=10_000_000)
     workers: int | Literal["auto"] = 1
     hard_stop_after: Duration = 30.0
+    # Soft stop (SIGTERM): keep serving this long with /v1/health reporting 503, so
+    # that whatever tracks the proxy (`fleetproxy vrrp`, an upstream balancer) moves
+    # traffic away before the listeners close. As HAProxy's `grace`.
+    grace: Duration = Field(default=0.0, le=300.0)
     log: LogConfig = LogConfig()
     tune: Tune = Tune()
     admin: AdminConfig = AdminConfig()

@@ -136,6 +136,7 @@ class Master:
         self.reloads = 0
         self.last_reload_error: list[str] = []
         self.stopping = False
+        self.soft_stopping = False   # SIGTERM received, serving out global.grace
         self.stop_event = asyncio.Event()
         self.health = HealthChecker(self.loop, self._health_changed, self._check_result)
         self.admin: Any = None
@@ -809,6 +810,17 @@ async def serve(config_path: str, event_loop: str = "auto") -> int:
     sd_notify(f"READY=1\nSTATUS=serving\nMAINPID={os.getpid()}")
     await master.stop_event.wait()
     sd_notify("STOPPING=1")
+    grace = master.cfg.global_.grace
+    if grace > 0:
+        # Health reports 503 at once; the listeners keep serving for `grace` so the
+        # virtual IP (or an upstream balancer) moves first. A second signal ends it early.
+        master.soft_stopping = True
+        master.stop_event.clear()
+        log.info("soft stop: /v1/health reports unavailable, still serving for %gs (grace)", grace)
+        try:
+            await asyncio.wait_for(master.stop_event.wait(), grace)
+        except asyncio.TimeoutError:
+            pass
     log.info("stopping: workers finish in-flight requests (hard_stop_after %.0fs)",
              cfg.global_.hard_stop_after)
     await master.stop()

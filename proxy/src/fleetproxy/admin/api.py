@@ -94,7 +94,9 @@ async def health(request: web.Request) -> web.Response:
     # is ready (only then is it told to stop), so it counts; a reload must not look
     # like an outage to `fleetproxy vrrp`'s tracking.
     ready = [w for w in master.workers if not w.stopping and w.ready.done() and not w.ready.exception()]
-    if master.stopping or not ready:
+    if master.stopping or master.soft_stopping:
+        return web.json_response({"status": "stopping"}, status=503)
+    if not ready:
         return web.json_response({"status": "unavailable"}, status=503)
     return web.json_response({"status": "ok", "workers": len(ready)})
 
