@@ -225,8 +225,11 @@ def test_backup_in_maintenance_stops_competing_and_sends_nothing():
     acts = r.enter_maintenance(1.5)
     assert kinds(acts) == ["Transition"]
     assert r.state is State.MAINT and r.deadline is None
-    assert r.master_address is None  # entering starts from nobody: the next advert tells
-    r.receive(HIGHER_ADDR, 200, 100, 2.0)
+    # It keeps the master it knew as a Backup (status shows it) and goes on observing.
+    assert r.master_address == int(ipaddress.IPv4Address(HIGHER_ADDR)) and r.master_priority == 200
+    assert r.receive(HIGHER_ADDR, 0, 100, 2.0) == []
+    assert r.master_address is None and r.state is State.MAINT
+    r.receive(HIGHER_ADDR, 200, 100, 3.0)
     assert r.master_address == int(ipaddress.IPv4Address(HIGHER_ADDR))
 
 

@@ -407,8 +407,9 @@ class VirtualRouter:
             self._preempt_at = None
         if new is S.MASTER:
             self.master_address, self.master_priority = self.address, self.priority
-        elif new is not S.BACKUP and (new is not S.MAINT or old is not S.MAINT):
-            # MAINT keeps what it observes; entering it starts from nobody.
+        elif new is not S.BACKUP and not (new is S.MAINT and old in (S.MAINT, S.BACKUP)):
+            # MAINT keeps what it observes, and a Backup going into maintenance keeps
+            # the master it knows; from any other state it starts from nobody.
             self.master_address = self.master_priority = None
         if new is not old:
             if event is E.ADVERT:  # formatted only when it is shown
