@@ -204,11 +204,14 @@ def test_rendered_config_passes_check(proxy):
 def test_config_is_the_inventory_one_to_one(proxy):
     rendered = yaml.safe_load(proxy.file(CONFIG).content_string)
     hostvars = inventory_vars(PROXY_HOST)
-    # The role adds the admin sockets and the state file; the inventory sets no such key.
+    # The role adds the admin sockets and the state file, and on a host with a virtual
+    # IP the soft-stop grace; the inventory sets no such key.
     role_global = {
         "admin": {"socket": "/run/fleetproxy/admin.sock", "runtime_socket": "/run/fleetproxy/runtime.sock"},
         "state_file": "/var/lib/fleetproxy/server-state.json",
     }
+    if hostvars.get("fleetproxy_vip_addresses"):
+        role_global["grace"] = "1s"
     assert not set(role_global) & set(hostvars["fleetproxy_global"])
     assert rendered == {
         "global": {**role_global, **hostvars["fleetproxy_global"]},
