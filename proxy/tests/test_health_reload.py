@@ -5,31 +5,14 @@ moved the virtual IP away from a healthy master on every configuration change.)"
 from __future__ import annotations
 
 import http.client
-import json
-import socket
 import threading
 import time
 
-
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=2)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(2)
-        self.sock.connect(self.path)
+from proxytest.control import Api
 
 
 def _call(path: str, method: str, url: str) -> tuple[int, dict]:
-    conn = _Unix(path)
-    try:
-        conn.request(method, url)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
-    finally:
-        conn.close()
+    return Api(path).call(method, url)
 
 
 def test_health_is_200_during_a_reload(proxy, backend, port, tmp_path):
