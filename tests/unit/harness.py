@@ -85,10 +85,37 @@ def run_module(name, args, check_mode=False, diff=False):
 
 # -- ports, backends -------------------------------------------------------------------------
 
+def _port_window():
+    """Ports below the kernel's ephemeral range, where no client socket takes its local port."""
+    try:
+        with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(1024, low - 12000), low
+
+
+_WINDOW = _port_window()
+_next_port = [_WINDOW[0] + (os.getpid() * 7919 + 6000) % (_WINDOW[1] - _WINDOW[0])]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    """A TCP port free on every address right now, taken in turn from below the ephemeral range.
+
+    ``bind(0)`` would pick from the ephemeral range, where this suite's own client connections
+    take their local ports, so the port could be taken again before the proxy binds it.
+    """
+    low, high = _WINDOW
+    for _ in range(high - low):
+        port = _next_port[0]
+        _next_port[0] = low + (port + 1 - low) % (high - low)
+        try:
+            with socket.socket() as s:
+                s.bind(('0.0.0.0', port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError('no free TCP port in %d-%d' % (low, high - 1))
 
 
 class _Handler(BaseHTTPRequestHandler):

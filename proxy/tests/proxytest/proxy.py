@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -19,11 +20,54 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
 
+def _port_window() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range, where no client socket takes its local port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(1024, low - 12000), low
+
+
+_WINDOW = _port_window()
+_next_port = _WINDOW[0] + (os.getpid() * 7919) % (_WINDOW[1] - _WINDOW[0])
+
+
+def _bindable(port: int) -> bool:
+    """Nothing holds ``port`` on any IPv4 or IPv6 address (no SO_REUSEADDR: TIME_WAIT counts too)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", port))
+        return True
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return False
+    with socket.socket(socket.AF_INET) as s:  # no IPv6 on this host
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the kernel picked it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that is free on every address of this host right now, for any ``host``.
+
+    Not ``bind(0)``: that picks from the ephemeral range, where the suite's own client
+    connections take their local ports, and a ``[::]`` bind then failed with EADDRINUSE in
+    CI. Ports come in turn from a window below that range, starting at a place that depends
+    on the PID so that two test processes rarely walk the same ports.
+    """
+    global _next_port
+    low, high = _WINDOW
+    for _ in range(high - low):
+        candidate = _next_port
+        _next_port = low + (_next_port + 1 - low) % (high - low)
+        if _bindable(candidate):
+            return candidate
+    raise RuntimeError(f"no free TCP port in {low}-{high - 1}")
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
