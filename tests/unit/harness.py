@@ -106,7 +106,7 @@ def free_port():
     take their local ports, so the port could be taken again before the proxy binds it.
     """
     low, high = _WINDOW
-    for _ in range(high - low):
+    for dummy in range(high - low):
         port = _next_port[0]
         _next_port[0] = low + (port + 1 - low) % (high - low)
         try:
