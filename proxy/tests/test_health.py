@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import Counter
 
@@ -123,6 +124,42 @@ def test_tcp_check(proxy, backend, port, tmp_path):
     stat = runtime(adm.runtime_socket, "show stat")
     row = next(line for line in stat.splitlines() if line.startswith("be,s2,"))
     assert ",DOWN," in row and ",L4CON," in row
+
+
+def test_tcp_check_connect_timeout_and_check_address_by_name(proxy, backend, port, tmp_path):
+    """A SYN that is never answered fails the check with L4TOUT after ``timeout check``;
+    a check address given by name is resolved once, like the server's."""
+    # A listener whose accept queue is full drops further SYNs: the connect never completes.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = []
+    try:
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(full.getsockname())
+            queued.append(c)
+        time.sleep(0.2)
+        b1 = backend("b1")
+        cfg = http_config(port(), [
+            server("s1", b1, check=True, inter="200ms", fall=1, init_state="up",
+                   check_address=f"127.0.0.1:{full.getsockname()[1]}"),
+            server("s2", b1, check=True, inter="200ms", check_address=f"localhost:{b1.port}"),
+        ], backend={"timeouts": {"check": "300ms"}})
+        adm = with_admin(cfg, tmp_path)
+        p = proxy(cfg)
+        api = Api(adm.socket)
+        api.wait_health("be", "s2", "up", 5)
+        api.wait_health("be", "s1", "down", 3)
+        s1 = api.server("be", "s1")
+        assert s1["check"]["status"] == "L4TOUT", s1["check"]
+        assert 250 <= s1["check"]["duration_ms"] <= 1000, s1["check"]
+        assert "server be/s1 is DOWN: L4TOUT (connection timeout), 1 check(s) failed" in p.stderr()
+    finally:
+        for c in queued:
+            c.close()
+        full.close()
 
 
 def test_init_state_down_until_first_success(proxy, backend, port, tmp_path):

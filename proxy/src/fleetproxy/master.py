@@ -33,7 +33,7 @@ import yaml
 from . import config as config_mod
 from . import state as state_mod
 from .config import Config, ConfigError, ServerConfig, resolve_server
-from .health import CheckResult, HealthChecker
+from .health import HealthChecker
 from .ipc import Channel, encode
 from .process import make_listener
 from .runtime import DOWN, MAINT, READY, STATES, UP, Runtime, Server, fingerprint
@@ -138,7 +138,7 @@ class Master:
         self.stopping = False
         self.soft_stopping = False   # SIGTERM received, serving out global.grace
         self.stop_event = asyncio.Event()
-        self.health = HealthChecker(self.loop, self._health_changed, self._check_result)
+        self.health = HealthChecker(self.loop, self._health_changed)
         self.admin: Any = None
         self._reload_lock = asyncio.Lock()
         self._save_handle: asyncio.TimerHandle | None = None
@@ -588,9 +588,6 @@ class Master:
         if not be.usable:
             log.warning("backend %s has no server available", be.name)
 
-    def _check_result(self, s: Server, result: CheckResult) -> None:
-        pass
-
     def _observed(self, msg: dict[str, Any]) -> None:
         """A worker saw ``error_limit`` consecutive errors on a server (passive check)."""
         try:
@@ -716,7 +713,7 @@ class Master:
                 if address not in keep:
                     self.listeners.pop(address).close()
             self.health.stop()
-            self.health = HealthChecker(self.loop, self._health_changed, self._check_result)
+            self.health = HealthChecker(self.loop, self._health_changed)
             self.health.sync(list(runtime.servers()))
             self.reloads += 1
             self.last_reload_error = []

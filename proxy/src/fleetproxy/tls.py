@@ -194,7 +194,9 @@ class ServerTls:
             return None
 
         # The listening context is the default certificate's; others are switched in.
-        default.sni_callback = select
+        # One certificate and no strict SNI: nothing to choose, no callback per handshake.
+        if len(contexts) > 1 or strict:
+            default.sni_callback = select
         return default
 
     def rotate(self) -> ssl.SSLContext:
