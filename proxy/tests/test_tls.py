@@ -156,6 +156,22 @@ def test_sni_selects_the_matching_certificate_wildcards_included(pki: dict[str, 
     assert req.header("X-Forwarded-Proto") == "https"
 
 
+def test_closing_tls_connections_logs_nothing(pki: dict[str, Any], proxy: Any, backend: Any) -> None:
+    """Connections closed by the proxy (Connection: close) or half-closed by the client end
+    quietly: uvloop warns on every one whose protocol asks to stay open after EOF under TLS."""
+    fe, _, port = _tls_frontend(pki)
+    p = proxy(_config(fe, backend("s1")))
+    ctx = _client_ctx(pki)
+    for _ in range(5):
+        assert _https_get(port, "site-a.test", ctx)[0] == 200
+    with _handshake(port, "site-a.test", ctx) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: site-a.test\r\n\r\n")
+        s.unwrap().shutdown(socket.SHUT_WR)  # close_notify, then FIN, before the response
+    time.sleep(0.3)
+    noise = [line for line in p.stderr().splitlines() if "WARNING" in line or "ERROR" in line]
+    assert not noise, noise
+
+
 def test_unknown_name_gets_the_default_certificate(pki: dict[str, Any], proxy: Any, backend: Any) -> None:
     fe, _, port = _tls_frontend(pki)
     proxy(_config(fe, backend("s1")))

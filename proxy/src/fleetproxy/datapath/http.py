@@ -1413,6 +1413,13 @@ class TlsHttpClient(HttpClient):
     and calls ``connection_made`` only after it succeeded, so a protocol dropped
     without ``connection_made`` is a failed (or abandoned) handshake: counted."""
 
+    def eof_received(self) -> bool:
+        # The client's close_notify: handled as a FIN, but a TLS connection cannot
+        # stay half-open: uvloop closes it once what was written is flushed, and
+        # logs a warning for every True returned here.
+        super().eof_received()
+        return False
+
     def __del__(self) -> None:
         if self.peer == "-" and self.bind is not None and self.bind.tls is not None:
             self.bind.tls.handshake_failures += 1

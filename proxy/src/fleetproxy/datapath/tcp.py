@@ -47,7 +47,7 @@ class TcpUpstream(Upstream):
             if self.early is None:
                 self.early = []
             self.early.append(b"")  # the server's FIN, delivered once attached
-            return True
+            return self.server.tls is None  # no half-open TLS (see Upstream.eof_received)
         return super().eof_received()
 
 

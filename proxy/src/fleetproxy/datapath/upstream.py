@@ -68,7 +68,9 @@ class Upstream(asyncio.Protocol):
     def eof_received(self) -> bool:
         client = self.client
         if client is not None:
-            return client.upstream_eof()
+            # Under TLS (a close_notify) staying half-open is not possible: uvloop warns
+            # when asked to, and closes once the writes are flushed.
+            return client.upstream_eof() and self.server.tls is None
         self.close()
         return False
 
