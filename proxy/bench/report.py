@@ -600,9 +600,8 @@ def markdown(*, rows: list[Row], idle: list[IdleRow], info: dict[str, str], meta
                 "nginx backend 1, every server of fleetproxy at nginx backend 2 (the same address under 1000 "
                 "names), so nginx's accept counter gives each proxy's real check rate. Measured after every "
                 "server is UP plus one interval; CPU from /proc over the same windows for both. TCP checks: "
-                "fleetproxy connects and closes (the server accepts: counted); HAProxy stops at SYN, SYN-ACK, "
-                "RST (half-open: the server never accepts, so its rate is not countable here and it does less "
-                "work per check). HTTP checks send `GET / HTTP/1.1` with `Host: fpb-check` (HAProxy: "
+                "both stop at SYN, SYN-ACK, RST (half-open: the server never accepts, so the rate is not "
+                "countable here). HTTP checks send `GET / HTTP/1.1` with `Host: fpb-check` (HAProxy: "
                 "`option httpchk` + `http-check send`) and need a 2xx/3xx status. fleetproxy runs its checks "
                 "in the master; *tree* adds its worker(s). The target applies to fleetproxy's master over all "
                 "windows together; *ratio* is fleetproxy's master CPU over HAProxy's.", "",
