@@ -141,11 +141,14 @@ def test_tcp_check_connect_timeout_and_check_address_by_name(proxy, backend, por
             c.connect_ex(full.getsockname())
             queued.append(c)
         time.sleep(0.2)
-        b1 = backend("b1")
+        b1 = backend("b1")  # listens on 127.0.0.1 only
+        # A name, if this host resolves "localhost" to 127.0.0.1 first (not ::1 first).
+        first = socket.getaddrinfo("localhost", None, type=socket.SOCK_STREAM)[0][4][0]
+        name = "localhost" if first == "127.0.0.1" else "127.0.0.1"
         cfg = http_config(port(), [
             server("s1", b1, check=True, inter="200ms", fall=1, init_state="up",
                    check_address=f"127.0.0.1:{full.getsockname()[1]}"),
-            server("s2", b1, check=True, inter="200ms", check_address=f"localhost:{b1.port}"),
+            server("s2", b1, check=True, inter="200ms", check_address=f"{name}:{b1.port}"),
         ], backend={"timeouts": {"check": "300ms"}})
         adm = with_admin(cfg, tmp_path)
         p = proxy(cfg)

@@ -22,6 +22,7 @@ import asyncio
 import errno
 import heapq
 import itertools
+import logging
 import math
 import os
 import random
@@ -35,6 +36,8 @@ from typing import Any
 
 from .config import split_host_port
 from .runtime import DOWN, UP, Server, resolve_host
+
+log = logging.getLogger("fleetproxy")
 
 
 class CheckResult:
@@ -146,7 +149,7 @@ class _Check:
     too, so that it leaves with the request.  Checks over TLS use the asyncio path
     (:func:`run_check`)."""
 
-    __slots__ = ("addr", "attempt", "buf", "checker", "counts", "expect", "family", "fd",
+    __slots__ = ("addr", "attempt", "buf", "cancelled", "checker", "counts", "expect", "family", "fd",
                  "last_health", "never_up", "next_at", "phase", "request", "server", "sni",
                  "sock", "t0", "task", "tls")
 
@@ -179,6 +182,7 @@ class _Check:
         self.task: Any = None
         self.buf = b""
         self.t0 = 0.0
+        self.cancelled = False
         # First checks are spread over (up to 2 s of) the interval.
         checker._schedule(self, random.uniform(0, min(cfg.inter, 2.0)))  # type: ignore[arg-type]
 
@@ -205,6 +209,12 @@ class _Check:
         if err and err != errno.EINPROGRESS:
             sock.close()
             self._record(False, "L4CON", os.strerror(err))
+            return
+        try:
+            checker._ep.register(sock.fileno(), select.EPOLLOUT)
+        except OSError as exc:  # ENOSPC (max_user_watches), ENOMEM
+            sock.close()
+            self._record(False, "L4CON", f"epoll: {exc.strerror or exc}")
             return
         self.sock = sock
         self.fd = sock.fileno()
@@ -265,10 +275,13 @@ class _Check:
             self._done(False, "L4TOUT", "connection timeout")
 
     async def _tls_check(self, timeout: float) -> None:
-        result = await run_check(self.checker.loop, self.addr[0], self.addr[1], timeout,
-                                 self.request, self.expect, self.tls, self.sni)
+        try:
+            result = await run_check(self.checker.loop, self.addr[0], self.addr[1], timeout,
+                                     self.request, self.expect, self.tls, self.sni)
+        except Exception as exc:  # a failed check, never a dead chain
+            result = CheckResult(False, "L6RSP", f"TLS check: {exc}", -1)
         self.task = None
-        self._record(result.ok, result.status, result.desc, result.duration)
+        self.checker._guarded(self, lambda: self._record(result.ok, result.status, result.desc, result.duration))
 
     def _release(self) -> None:
         sock = self.sock
@@ -291,6 +304,8 @@ class _Check:
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _record(self, ok: bool, status: str, desc: str, duration: int = -1) -> None:
+        if self.cancelled:
+            return  # a TLS check whose cancellation asyncio.wait_for swallowed (3.10, 3.11)
         checker = self.checker
         server = self.server
         server.check_status = status
@@ -329,6 +344,7 @@ class _Check:
             self.checker._schedule(self, 0.0)
 
     def cancel(self) -> None:
+        self.cancelled = True
         self.next_at = -1.0
         if self.task is not None:
             self.task.cancel()
@@ -385,6 +401,8 @@ class HealthChecker:
                 self.counts[key] = check.counts
 
     def stop(self) -> None:
+        if self.stopped:
+            return
         self.stopped = True
         for check in self.checks.values():
             check.cancel()
@@ -423,8 +441,7 @@ class HealthChecker:
         self._arm(when)
 
     def _watch(self, check: _Check, timeout: float) -> None:
-        """``check`` is connecting: wait for its socket, at most ``timeout`` seconds."""
-        self._ep.register(check.fd, select.EPOLLOUT)
+        """``check`` is connecting (its socket registered): wait at most ``timeout`` seconds."""
         self._fds[check.fd] = check
         expires = self.loop.time() + timeout
         heapq.heappush(self._deadlines, (expires, next(self._seq), check, check.attempt))
@@ -450,15 +467,27 @@ class HealthChecker:
             while due and due[0][0] <= now:
                 when, _, check = heapq.heappop(due)
                 if check.next_at == when:
-                    check.start()
+                    self._guarded(check, check.start)
             deadlines = self._deadlines
             while deadlines and deadlines[0][0] <= now:
                 _, _, check, attempt = heapq.heappop(deadlines)
                 if check.attempt == attempt and check.sock is not None:
-                    check.on_timeout()
+                    self._guarded(check, check.on_timeout)
         finally:
             self._ticking = False
-        self._rearm()
+            if not self.stopped:
+                self._rearm()
+
+    def _guarded(self, check: _Check, step: Callable[[], None]) -> None:
+        """Run one step of ``check``; a bug in it (or in ``on_change``) is logged, and that
+        server is checked again after its interval instead of never again."""
+        try:
+            step()
+        except Exception:
+            log.exception("health check of server %s failed unexpectedly", check.server.log_prefix)
+            check._release()
+            if check.next_at < 0 and not check.cancelled:
+                self._schedule(check, self._interval(check.server))
 
     def _rearm(self) -> None:
         """Arm the timer for the first start or live deadline; stale entries go."""
@@ -476,7 +505,7 @@ class HealthChecker:
         for fd, _ in self._ep.poll(0, 256):
             check = fds.get(fd)
             if check is not None:
-                check.on_event()
+                self._guarded(check, check.on_event)
 
     def _request(self, server: Server) -> tuple[bytes | None, frozenset[int] | None]:
         chk = server.backend.httpchk

@@ -712,9 +712,10 @@ class Master:
             for address in list(self.listeners):
                 if address not in keep:
                     self.listeners.pop(address).close()
-            self.health.stop()
-            self.health = HealthChecker(self.loop, self._health_changed)
-            self.health.sync(list(runtime.servers()))
+            if not self.health.stopped:  # else the proxy began stopping during this reload
+                self.health.stop()
+                self.health = HealthChecker(self.loop, self._health_changed)
+                self.health.sync(list(runtime.servers()))
             self.reloads += 1
             self.last_reload_error = []
             self._schedule_save()
