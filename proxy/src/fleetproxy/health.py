@@ -50,11 +50,27 @@ class CheckResult:
         self.duration = duration
 
 
+def _status_line(buf: bytes, expect: frozenset[int] | None) -> tuple[bool, str, str] | None:
+    """The verdict on a response that starts with ``buf``; None until its status line is whole."""
+    end = buf.find(b"\r\n")
+    if end < 0:
+        return (False, "L7RSP", "status line too long") if len(buf) > 4096 else None
+    parts = buf[:end].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        return False, "L7RSP", "invalid status line"
+    code = int(parts[1])
+    if expect is None or code in expect:
+        return True, "L7OK", f"status {code}"
+    return False, "L7STS", f"status {code}"
+
+
 class _Probe(asyncio.Protocol):
     """Connect, optionally send a request, and read the status line."""
 
-    def __init__(self, request: bytes | None, done: asyncio.Future[tuple[str, str]]) -> None:
+    def __init__(self, request: bytes | None, expect: frozenset[int] | None,
+                 done: asyncio.Future[tuple[bool, str, str]]) -> None:
         self.request = request
+        self.expect = expect
         self.done = done
         self.buf = b""
         self.transport: Any = None
@@ -62,33 +78,26 @@ class _Probe(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         if self.request is None:
-            self._finish("L4OK", "")
+            self._finish(True, "L4OK", "connected")
         else:
             transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        end = self.buf.find(b"\r\n")
-        if end < 0:
-            if len(self.buf) > 4096:
-                self._finish("L7RSP", "status line too long")
-            return
-        parts = self.buf[:end].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            self._finish("L7RSP", "invalid status line")
-            return
-        self._finish("L7", parts[1].decode())
+        verdict = _status_line(self.buf, self.expect)
+        if verdict is not None:
+            self._finish(*verdict)
 
     def eof_received(self) -> bool:
-        self._finish("L7RSP", "connection closed before a status line")
+        self._finish(False, "L7RSP", "connection closed before a status line")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._finish("L7RSP", "connection lost")
+        self._finish(False, "L7RSP", "connection lost")
 
-    def _finish(self, status: str, detail: str) -> None:
+    def _finish(self, ok: bool, status: str, desc: str) -> None:
         if not self.done.done():
-            self.done.set_result((status, detail))
+            self.done.set_result((ok, status, desc))
         if self.transport is not None:
             self.transport.abort() if status != "L4OK" else self.transport.close()
 
@@ -97,16 +106,16 @@ async def run_check(loop: asyncio.AbstractEventLoop, host: str, port: int, timeo
                     request: bytes | None, expect: frozenset[int] | None,
                     tls: Any = None, sni: str = "") -> CheckResult:
     start = time.monotonic()
-    done: asyncio.Future[tuple[str, str]] = loop.create_future()
+    done: asyncio.Future[tuple[bool, str, str]] = loop.create_future()
 
     def ms() -> int:
         return int((time.monotonic() - start) * 1000)
 
     try:
         if tls is None:
-            connect = loop.create_connection(lambda: _Probe(request, done), host, port)
+            connect = loop.create_connection(lambda: _Probe(request, expect, done), host, port)
         else:
-            connect = loop.create_connection(lambda: _Probe(request, done), host, port,
+            connect = loop.create_connection(lambda: _Probe(request, expect, done), host, port,
                                              ssl=tls, server_hostname=sni)
         await asyncio.wait_for(connect, timeout)
     except asyncio.TimeoutError:
@@ -116,18 +125,11 @@ async def run_check(loop: asyncio.AbstractEventLoop, host: str, port: int, timeo
     except OSError as exc:
         return CheckResult(False, "L4CON", exc.strerror or str(exc), ms())
     try:
-        status, detail = await asyncio.wait_for(done, max(0.001, timeout - (time.monotonic() - start)))
+        ok, status, desc = await asyncio.wait_for(done, max(0.001, timeout - (time.monotonic() - start)))
     except asyncio.TimeoutError:
         done.cancel()
         return CheckResult(False, "L7TOUT", "timeout waiting for the response", ms())
-    if status == "L4OK":
-        return CheckResult(True, "L4OK", "connected", ms())
-    if status == "L7":
-        code = int(detail)
-        if expect is None or code in expect:
-            return CheckResult(True, "L7OK", f"status {code}", ms())
-        return CheckResult(False, "L7STS", f"status {code}", ms())
-    return CheckResult(False, status, detail, ms())
+    return CheckResult(ok, status, desc, ms())
 
 
 # Starts and timeouts are kept to a 10 ms grid: checks due within one tick start together,
@@ -252,21 +254,10 @@ class _Check:
         if not data:
             self._done(False, "L7RSP", "connection closed before a status line")
             return
-        buf = self.buf = self.buf + data
-        end = buf.find(b"\r\n")
-        if end < 0:
-            if len(buf) > 4096:
-                self._done(False, "L7RSP", "status line too long")
-            return
-        parts = buf[:end].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            self._done(False, "L7RSP", "invalid status line")
-            return
-        code = int(parts[1])
-        if self.expect is None or code in self.expect:
-            self._done(True, "L7OK", f"status {code}")
-        else:
-            self._done(False, "L7STS", f"status {code}")
+        self.buf += data
+        verdict = _status_line(self.buf, self.expect)
+        if verdict is not None:
+            self._done(*verdict)
 
     def on_timeout(self) -> None:
         if self.phase == _READING:
@@ -313,8 +304,6 @@ class _Check:
         server.check_duration = duration if duration >= 0 else int((time.monotonic() - self.t0) * 1000)
         server.check_count += 1
         server.check_at = checker.loop.time()
-        if checker.on_result is not None:
-            checker.on_result(server, CheckResult(ok, status, desc, server.check_duration))
         counts = self.counts
         if server.health != self.last_health:
             # Changed outside the checks (passive check, admin): count afresh,
@@ -364,11 +353,9 @@ class HealthChecker:
         self,
         loop: asyncio.AbstractEventLoop,
         on_change: Callable[[Server, str, str], None],
-        on_result: Callable[[Server, CheckResult], None] | None = None,
     ) -> None:
         self.loop = loop
         self.on_change = on_change
-        self.on_result = on_result
         self.checks: dict[int, _Check] = {}
         self.counts: dict[int, list[int]] = {}  # id(server) -> [consecutive ok, consecutive fail]
         self.fast: set[int] = set()  # servers switched to fastinter by passive checks
